@@ -1,0 +1,5 @@
+"""nemo_tl models: NeMo ModelPT subclasses, each saved to and restored from ``.nemo``."""
+
+from nemo_tl.models.transfer_ctc import TransferCTCModel
+
+__all__ = ["TransferCTCModel"]

@@ -1,0 +1,215 @@
+"""TransferCTCModel: a NeMo EncDecCTCModel fine-tuned from a pretrained base (Huang et al. 2020).
+
+The preprocessor and encoder come from the base model; the decoder is rebuilt for the
+target vocabulary (``model.labels``) and, with ``vocabulary: keep_shared``, starts from the
+base decoder's rows of every label both vocabularies hold (Kunze et al. 2017). The k lowest
+encoder blocks can be frozen. Restoring a saved model needs neither the base nor a network.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from nemo.collections.asr.models import ASRModel, EncDecCTCModel
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nemo_tl.errors import input_error
+from nemo_tl.models.mixins import ManifestDataMixin
+from nemo_tl.transfer.base import load_base_model
+from nemo_tl.transfer.config import TransferConfig, describe_model, merge_base_architecture
+from nemo_tl.transfer.freezing import freeze_encoder_blocks
+from nemo_tl.transfer.vocabulary import transfer_decoder_rows
+
+__all__ = ["TransferCTCModel"]
+
+# A base model object handed from ``from_base`` to ``__init__`` without a round trip to disk.
+_BASE_OBJECT: contextvars.ContextVar[Any] = contextvars.ContextVar("nemo_tl_base_object", default=None)
+
+# The recipe of Huang et al. 2020 §6: NovoGrad, cosine annealing, 12% warmup, lr 10x below scratch.
+FINETUNE_OPTIM = {
+    "name": "novograd",
+    "lr": 0.001,
+    "betas": [0.95, 0.25],
+    "weight_decay": 0.001,
+    "sched": {"name": "CosineAnnealing", "warmup_ratio": 0.12, "min_lr": 1e-5},
+}
+
+
+def _resolved(cfg: DictConfig | dict) -> DictConfig:
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.create(cfg)
+
+
+def _check_labels(labels: Any, where: str = "model.labels") -> list[str]:
+    if labels is None or labels == "???":
+        raise input_error(
+            "the target vocabulary is missing",
+            where=where,
+            fix="set model.labels (or labels= in from_base) to the list of target characters, "
+            "e.g. the base model's labels for an accent or domain transfer",
+        )
+    labels = list(labels)
+    bad = [x for x in labels if not isinstance(x, str) or len(x) != 1]
+    if bad or not labels:
+        raise input_error(
+            f"labels must be a non-empty list of single characters; bad entries: {bad[:5]!r}",
+            where=where,
+            fix="list each character once, e.g. [' ', 'a', 'b', ..., \"'\"]",
+        )
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise input_error(f"labels repeat {dupes!r}", where=where, fix="list each character once")
+    return labels
+
+
+class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
+    """A character CTC model fine-tuned from a pretrained base, configured by ``model.transfer``.
+
+    ``model.transfer`` keys: ``base_model`` (.nemo path or NeMo pretrained name),
+    ``vocabulary`` (keep_shared | same | reinit), ``new_label_init`` (zero | random),
+    ``freeze_encoder_blocks`` (k lowest entries of ``encoder.encoder``, C1 included) and
+    ``reinitialize`` (base architecture, fresh weights: the from-scratch control).
+    Without a ``transfer`` section (or with ``base_model: null``) it is a plain EncDecCTCModel
+    built from ``cfg`` that still honours ``freeze_encoder_blocks``.
+    """
+
+    def __init__(self, cfg: DictConfig, trainer: Trainer | None = None):
+        cfg = _resolved(cfg)
+        transfer = TransferConfig.from_section(cfg.get("transfer"))
+        base = None
+        if not self._is_model_being_restored() and transfer.base_model is not None:
+            base = _BASE_OBJECT.get() or load_base_model(transfer.base_model)
+            cfg = self._config_from_base(cfg, base, transfer)
+        with open_dict(cfg):
+            cfg.transfer = transfer.as_section()
+            cfg.target = f"{type(self).__module__}.{type(self).__qualname__}"
+        super().__init__(cfg=cfg, trainer=trainer)
+        if base is not None and not transfer.reinitialize:
+            self._load_base_weights(base, transfer)
+        self._frozen_blocks = freeze_encoder_blocks(self.encoder, transfer.freeze_encoder_blocks)
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _config_from_base(cfg: DictConfig, base: EncDecCTCModel, transfer: TransferConfig) -> DictConfig:
+        labels = _check_labels(cfg.get("labels"))
+        base_labels = list(base.decoder.vocabulary)
+        if transfer.vocabulary == "same" and labels != base_labels:
+            only_new = [x for x in labels if x not in base_labels]
+            only_base = [x for x in base_labels if x not in labels]
+            raise input_error(
+                "vocabulary: same needs model.labels equal to the base model's labels (same order); "
+                f"labels only in the config: {only_new!r}, only in the base: {only_base!r}"
+                + ("" if only_new or only_base else " (the order differs)"),
+                where="model.transfer.vocabulary",
+                fix="use vocabulary: keep_shared to copy the shared labels' rows, or set model.labels to "
+                f"the base labels {base_labels!r}",
+            )
+        return merge_base_architecture(cfg, base.cfg, labels, decoder_feat_in=base.decoder._feat_in)
+
+    @torch.no_grad()
+    def _load_base_weights(self, base: EncDecCTCModel, transfer: TransferConfig) -> None:
+        self.preprocessor.load_state_dict(base.preprocessor.state_dict())
+        self.encoder.load_state_dict(base.encoder.state_dict())
+        if transfer.vocabulary == "reinit":
+            return
+        if transfer.vocabulary == "same":
+            missing, unexpected = self.decoder.load_state_dict(base.decoder.state_dict(), strict=False)
+            if unexpected:
+                raise input_error(
+                    f"the base decoder has parameters the new decoder lacks: {unexpected}",
+                    where="model.decoder._target_",
+                    fix="use a decoder class compatible with the base model's",
+                )
+            return
+        transfer_decoder_rows(
+            base.decoder, list(base.decoder.vocabulary), self.decoder, list(self.decoder.vocabulary),
+            new_label_init=transfer.new_label_init,
+        )
+
+    @classmethod
+    def from_base(
+        cls,
+        base: str | ASRModel,
+        labels: Sequence[str] | None = None,
+        *,
+        vocabulary: str = "keep_shared",
+        new_label_init: str = "zero",
+        freeze_encoder_blocks: int = 0,
+        reinitialize: bool = False,
+        cfg: DictConfig | dict | None = None,
+        trainer: Trainer | None = None,
+    ) -> TransferCTCModel:
+        """Build a transfer model from ``base`` (a model object, a ``.nemo`` path or a pretrained name).
+
+        Args:
+            labels: the target characters (for an accent or domain transfer, the base's labels).
+            vocabulary, new_label_init, freeze_encoder_blocks, reinitialize: the ``transfer`` keys.
+            cfg: further ``model`` config keys (``train_ds``, ``validation_ds``, ``optim``,
+                ``spec_augment``...); the optimizer defaults to the fine-tuning recipe
+                (NovoGrad, lr 0.001, betas (0.95, 0.25), cosine annealing, 12% warmup).
+        """
+        transfer = TransferConfig.from_section(
+            {
+                "base_model": base if isinstance(base, str) else describe_model(base),
+                "vocabulary": vocabulary,
+                "new_label_init": new_label_init,
+                "freeze_encoder_blocks": freeze_encoder_blocks,
+                "reinitialize": reinitialize,
+            }
+        )
+        model_obj = load_base_model(base)
+        extra = _resolved(cfg or {})
+        base_cfg = _resolved(model_obj.cfg)
+        full = OmegaConf.create(
+            {
+                "sample_rate": base_cfg.get("sample_rate", 16000),
+                "labels": None if labels is None else list(labels),
+                "optim": FINETUNE_OPTIM,
+                "decoding": base_cfg.get("decoding"),
+                "spec_augment": base_cfg.get("spec_augment"),
+            }
+        )
+        full = OmegaConf.merge(full, extra)
+        with open_dict(full):
+            full.transfer = transfer.as_section()
+            if full.get("decoding") is None:
+                full.pop("decoding")
+        token = _BASE_OBJECT.set(model_obj)
+        try:
+            return cls(cfg=full, trainer=trainer)
+        finally:
+            _BASE_OBJECT.reset(token)
+
+    # ------------------------------------------------------------------ freezing
+    @property
+    def frozen_blocks(self) -> list[torch.nn.Module]:
+        """The frozen encoder blocks, lowest first."""
+        return list(self._frozen_blocks)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for block in getattr(self, "_frozen_blocks", ()):
+            block.eval()
+        return self
+
+    def unfreeze(self, *args, **kwargs) -> None:
+        super().unfreeze(*args, **kwargs)
+        self._frozen_blocks = freeze_encoder_blocks(self.encoder, len(self._frozen_blocks))
+
+    def setup_optimizer_param_groups(self):
+        """NeMo's parameter groups without the frozen parameters (so no optimizer state or decay touches them)."""
+        super().setup_optimizer_param_groups()
+        if self._optimizer_param_groups is None:
+            return
+        frozen = {id(p) for block in self._frozen_blocks for p in block.parameters()}
+        groups = []
+        for group in self._optimizer_param_groups:
+            params = [p for p in group["params"] if id(p) not in frozen]
+            if params:
+                groups.append({**group, "params": params})
+        self._optimizer_param_groups = groups

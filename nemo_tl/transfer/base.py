@@ -1,0 +1,107 @@
+"""Loading the pretrained model a transfer or a distillation starts from."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import tarfile
+
+import torch
+from nemo.collections.asr.models import ASRModel, EncDecCTCModel
+
+from nemo_tl.errors import input_error
+
+_PATH_HINTS = (os.sep, ".nemo", ".ckpt")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return any(h in spec for h in _PATH_HINTS) or spec.startswith(".")
+
+
+def load_base_model(
+    spec: str | ASRModel,
+    *,
+    what: str = "base model",
+    where: str = "model.transfer.base_model",
+    expected: type[ASRModel] = EncDecCTCModel,
+) -> ASRModel:
+    """Return the model named by ``spec``, on CPU, in eval mode.
+
+    Args:
+        spec: a model object, a local ``.nemo`` path, or a NeMo pretrained model name
+            (resolved with ``expected.from_pretrained``).
+        what: how error messages call the model ("base model", "teacher 2", ...).
+        where: the config key the spec came from, named in error messages.
+        expected: the class the model must be an instance of.
+
+    Raises:
+        InputError: the path does not exist, is not a readable ``.nemo`` archive, the name is
+            unknown or cannot be downloaded, or the model is not an ``expected``.
+    """
+    if isinstance(spec, ASRModel):
+        model = spec
+    elif not isinstance(spec, str) or not spec:
+        raise input_error(
+            f"{what} must be a .nemo path, a NeMo pretrained model name or a model object, got {spec!r}",
+            where=where,
+            fix=f"set {where} to a .nemo file or a name such as 'stt_en_quartznet15x5'",
+        )
+    elif os.path.exists(spec) or _looks_like_path(spec):
+        model = _restore_local(spec, what=what, where=where)
+    else:
+        model = _from_pretrained(spec, what=what, where=where, expected=expected)
+    check_char_ctc(model, what=what, where=where, expected=expected)
+    return model
+
+
+def _restore_local(path: str, *, what: str, where: str) -> ASRModel:
+    if not os.path.exists(path):
+        raise input_error(
+            f"{what} file {path!r} does not exist",
+            where=where,
+            fix="give the path of an existing .nemo file (relative paths start from the working directory)",
+        )
+    if os.path.isdir(path) or not (tarfile.is_tarfile(path) or zipfile.is_zipfile(path)):
+        raise input_error(
+            f"{what} {path!r} is not a .nemo archive (it may be truncated or of another format)",
+            where=where,
+            fix="point to a complete .nemo file written by NeMo's save_to()",
+        )
+    try:
+        return ASRModel.restore_from(path, map_location=torch.device("cpu"))
+    except Exception as e:  # NeMo raises many kinds; the user needs the file named
+        raise input_error(
+            f"could not restore {what} from {path!r}: {type(e).__name__}: {e}",
+            where=where,
+            fix="check that the file is a complete NeMo ASR model (.nemo) and that `import nemo_tl` ran first "
+            "if it was written by nemo_tl",
+        ) from e
+
+
+def _from_pretrained(name: str, *, what: str, where: str, expected: type[ASRModel]) -> ASRModel:
+    try:
+        return expected.from_pretrained(name, map_location=torch.device("cpu"))
+    except Exception as e:
+        raise input_error(
+            f"could not load {what} {name!r} with {expected.__name__}.from_pretrained: {type(e).__name__}: {e}",
+            where=where,
+            fix="use a name from EncDecCTCModel.list_available_models() on a machine that can reach NGC, "
+            "or download the model once and give the local .nemo path",
+        ) from e
+
+
+def check_char_ctc(model: ASRModel, *, what: str, where: str, expected: type[ASRModel] = EncDecCTCModel) -> None:
+    """Raise InputError unless ``model`` is a character-vocabulary ``expected`` model."""
+    if not isinstance(model, expected):
+        raise input_error(
+            f"{what} is a {type(model).__name__}, not a {expected.__name__}",
+            where=where,
+            fix=f"use a character CTC model (a {expected.__name__}, e.g. QuartzNet) as {what}",
+        )
+    if hasattr(model, "tokenizer"):
+        raise input_error(
+            f"{what} is a subword (BPE) model ({type(model).__name__}); nemo_tl transfers character "
+            "vocabularies only for now",
+            where=where,
+            fix="use a character CTC model such as QuartzNet (EncDecCTCModel with `labels`)",
+        )

@@ -1,0 +1,51 @@
+"""Moving a CTC decoder from one character vocabulary to another (Kunze et al. 2017, §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+@torch.no_grad()
+def transfer_decoder_rows(
+    base_decoder: torch.nn.Module,
+    base_labels: Sequence[str],
+    new_decoder: torch.nn.Module,
+    new_labels: Sequence[str],
+    new_label_init: str = "zero",
+) -> dict[str, int]:
+    """Copy the output rows of labels both vocabularies hold from ``base_decoder`` to ``new_decoder``.
+
+    Every parameter whose first dimension is the number of classes with blank (the logit
+    projection, and the log σ² projection of an uncertainty decoder) is treated alike: row
+    ``i`` of the new decoder gets the base row of the same label; the blank (the last row)
+    gets the base blank row; rows of labels the base lacks are set to zero
+    (``new_label_init="zero"``) or keep their fresh initialization (``"random"``).
+
+    Returns:
+        ``{"shared": n, "new": m}``: how many labels were copied and how many are new.
+    """
+    base_index = {label: i for i, label in enumerate(base_labels)}
+    rows_new = len(new_labels) + 1
+    rows_base = len(base_labels) + 1
+    src, dst = [], []
+    for i, label in enumerate(new_labels):
+        if label in base_index:
+            dst.append(i)
+            src.append(base_index[label])
+    src.append(rows_base - 1)  # blank stays blank
+    dst.append(rows_new - 1)
+    new_rows = [i for i, label in enumerate(new_labels) if label not in base_index]
+
+    base_params = dict(base_decoder.named_parameters())
+    for name, param in new_decoder.named_parameters():
+        base_param = base_params.get(name)
+        if base_param is None or param.shape[0] != rows_new or base_param.shape[0] != rows_base:
+            continue
+        if base_param.shape[1:] != param.shape[1:]:
+            continue
+        param[dst] = base_param[src].to(param.dtype)
+        if new_label_init == "zero" and new_rows:
+            param[new_rows] = 0.0
+    return {"shared": len(src) - 1, "new": len(new_rows)}

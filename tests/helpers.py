@@ -1,0 +1,35 @@
+"""Small training helpers shared by the tests."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+
+def cpu_trainer(max_steps: int, **kwargs) -> pl.Trainer:
+    """A quiet single-process CPU trainer that runs ``max_steps`` optimizer steps."""
+    args = dict(
+        max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    args.update(kwargs)
+    return pl.Trainer(**args)
+
+
+def data_cfg(manifest, labels, batch_size: int = 4, shuffle: bool = True) -> dict:
+    return {"manifest_filepath": manifest, "sample_rate": 16000, "labels": list(labels),
+            "batch_size": batch_size, "shuffle": shuffle, "num_workers": 0}
+
+
+def fit(model, manifest, steps: int = 3, ckpt_path: str | None = None, **trainer_kwargs):
+    """Train ``model`` for ``steps`` steps on ``manifest`` (resuming from ``ckpt_path``); returns the trainer."""
+    trainer = cpu_trainer(steps, **trainer_kwargs)
+    model.set_trainer(trainer)
+    model.setup_training_data(data_cfg(manifest, model.decoder.vocabulary))
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return trainer
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every parameter and buffer of ``module``."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
