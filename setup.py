@@ -19,6 +19,7 @@ setup(
         "soundfile>=0.12",
         "matplotlib>=3.7",
         "babel>=2.12",
+        "espeakng-loader>=0.2",
     ],
     extras_require={"test": ["pytest>=8", "ruff>=0.5"]},
     include_package_data=True,

@@ -1,0 +1,43 @@
+"""Fine-tune a pretrained QuartzNet to a new language, accent or domain (Huang et al. 2020).
+
+    python examples/finetune_ctc.py model.transfer.base_model=base.nemo \
+        model.train_ds.manifest_filepath=train.json model.validation_ds.manifest_filepath=dev.json \
+        trainer.max_epochs=5
+
+Replay against forgetting (target + a share of source data), WER reported per dev set:
+
+    python examples/finetune_ctc.py model.transfer.base_model=base.nemo \
+        'model.train_ds.manifest_filepath=[de_train.json,en_train.json]' \
+        '+model.train_ds.mixing={weights:[0.8,0.2]}' \
+        'model.validation_ds.manifest_filepath=[de_dev.json,en_dev.json]'
+
+Options of Kunze et al. 2017: model.transfer.freeze_encoder_blocks=k, model.transfer.vocabulary=reinit,
+model.transfer.reinitialize=true (train-from-scratch control). The final model is saved to
+``save_to`` (default ``<exp_dir>/<name>.nemo``).
+"""
+
+import os
+
+import lightning.pytorch as pl
+from nemo.core.config import hydra_runner
+from nemo.utils.exp_manager import exp_manager
+from omegaconf import OmegaConf
+
+from nemo_tl.models import TransferCTCModel
+from nemo_tl.utils.atomic import atomic_save_to
+
+
+@hydra_runner(config_path="../conf", config_name="quartznet_finetune")
+def main(cfg):
+    trainer = pl.Trainer(**cfg.trainer)
+    log_dir = exp_manager(trainer, cfg.get("exp_manager", None))
+    model = TransferCTCModel(cfg=cfg.model, trainer=trainer)
+    trainer.fit(model)
+    save_to = cfg.get("save_to") or os.path.join(str(log_dir or "."), f"{cfg.name}.nemo")
+    atomic_save_to(model, save_to)
+    print(f"saved: {save_to}")
+    print(OmegaConf.to_yaml(model.cfg.transfer))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Reading NeMo JSON-lines manifests the way NeMo does, with errors that name file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from nemo_tl.errors import input_error
+
+# Keys NeMo's manifest parser accepts for the audio path, in the order it tries them.
+AUDIO_KEYS = ("audio_filepath", "audio_filename")
+
+
+def iter_manifest_lines(path: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for every non-blank line of ``path`` (1-based numbers).
+
+    Blank lines are skipped, as NeMo skips them. Bytes that are not UTF-8 are replaced
+    (U+FFFD) so that one bad line cannot stop the reading of the others.
+    """
+    with open(os.path.expanduser(path), "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if line:
+                yield number, line
+
+
+def read_manifest(path: str) -> list[dict[str, Any]]:
+    """Parse every line of manifest ``path``; raise :class:`InputError` naming the first bad line."""
+    entries = []
+    for number, line in iter_manifest_lines(path):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise input_error(
+                f"malformed JSON: {e.msg} (column {e.colno})",
+                where=f"{path}:{number}",
+                fix="each line must be one JSON object; check it with `python -m nemo_tl.data.validate`",
+            ) from None
+        if not isinstance(entry, dict):
+            raise input_error(
+                f"line is a JSON {type(entry).__name__}, not an object",
+                where=f"{path}:{number}",
+                fix='write one object per line: {"audio_filepath": ..., "duration": ..., "text": ...}',
+            )
+        entries.append(entry)
+    return entries
+
+
+def resolve_audio_path(audio_file: str, manifest_path: str) -> str:
+    """The path NeMo will open for ``audio_file`` listed in ``manifest_path``.
+
+    Uses NeMo's own rule (``get_full_path``): a relative path is tried against the
+    manifest's directory first, then taken as it is (relative to the working directory).
+    """
+    from nemo.collections.common.parts.preprocessing.manifest import get_full_path
+
+    return get_full_path(audio_file=audio_file, manifest_file=manifest_path)
+
+
+def flatten_manifest_filepath(value: Any) -> list[str]:
+    """Every manifest path in a dataset's ``manifest_filepath`` (string, comma list, or nested lists).
+
+    Numbers inside nested lists (Lhotse-style ``[[path, weight], ...]``) are skipped.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    if isinstance(value, (int, float)):
+        return []
+    paths: list[str] = []
+    for item in value:
+        paths.extend(flatten_manifest_filepath(item))
+    return paths

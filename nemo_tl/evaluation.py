@@ -1,0 +1,88 @@
+"""Greedy WER/CER of a model per manifest, and the base-vs-tuned forgetting table (Huang et al. Table 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+from nemo.collections.asr.metrics.wer import word_error_rate
+
+from nemo_tl.errors import input_error
+
+
+def read_references(manifest: str) -> tuple[list[str], list[str]]:
+    """Audio paths (resolved against the manifest's folder) and reference texts of ``manifest``."""
+    if not os.path.isfile(manifest):
+        raise input_error(f"manifest {manifest!r} does not exist", where="manifests", fix="give existing manifest paths")
+    audio, texts = [], []
+    folder = os.path.dirname(os.path.abspath(manifest))
+    with open(manifest, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                path, text = item["audio_filepath"], item["text"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise input_error(f"bad manifest line ({e})", where=f"{manifest}:{n}",
+                                  fix="each line must be a JSON object with audio_filepath and text") from None
+            audio.append(path if os.path.isabs(path) else os.path.join(folder, path))
+            texts.append(text)
+    if not audio:
+        raise input_error("manifest is empty", where=manifest, fix="give a manifest with at least one line")
+    return audio, texts
+
+
+def _text(hypothesis) -> str:
+    return hypothesis if isinstance(hypothesis, str) else hypothesis.text
+
+
+def evaluate_manifests(model, manifests: Sequence[str], batch_size: int = 16, **transcribe_kwargs) -> dict[str, dict]:
+    """Greedy-decode every manifest with ``model.transcribe``.
+
+    Returns:
+        ``{manifest_path: {"wer": %, "cer": %, "utterances": n}}`` (percentages).
+    """
+    results = {}
+    for manifest in manifests:
+        audio, refs = read_references(manifest)
+        hyps = model.transcribe(audio, batch_size=batch_size, verbose=False, **transcribe_kwargs)
+        if isinstance(hyps, tuple):  # some NeMo models return (best, all)
+            hyps = hyps[0]
+        hyps = [_text(h).strip() for h in hyps]
+        refs = [r.strip().lower() for r in refs]
+        results[manifest] = {
+            "wer": 100.0 * word_error_rate(hyps, refs),
+            "cer": 100.0 * word_error_rate(hyps, refs, use_cer=True),
+            "utterances": len(refs),
+        }
+    return results
+
+
+def results_table(results: dict[str, dict], title: str = "") -> str:
+    """A Markdown table of :func:`evaluate_manifests` results."""
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| manifest | WER % | CER % | utterances |", "|---|---:|---:|---:|"]
+    for path, r in results.items():
+        lines.append(f"| {path} | {r['wer']:.2f} | {r['cer']:.2f} | {r['utterances']} |")
+    return "\n".join(lines)
+
+
+def forgetting_table(base: dict[str, dict], tuned: dict[str, dict]) -> tuple[dict, str]:
+    """Base vs tuned WER per manifest with the relative change (Huang et al. 2020, Table 3 layout).
+
+    Returns:
+        (rows as a JSON-able dict, Markdown table). The relative change is
+        ``(tuned - base) / base`` in percent; positive means the tuned model is worse.
+    """
+    rows = {}
+    md = ["| manifest | base WER % | tuned WER % | rel. change % | base CER % | tuned CER % |",
+          "|---|---:|---:|---:|---:|---:|"]
+    for path in tuned:
+        b, t = base[path], tuned[path]
+        rel = 100.0 * (t["wer"] - b["wer"]) / b["wer"] if b["wer"] > 0 else float("nan")
+        rows[path] = {"base_wer": b["wer"], "tuned_wer": t["wer"], "relative_change": rel,
+                      "base_cer": b["cer"], "tuned_cer": t["cer"], "utterances": t["utterances"]}
+        md.append(f"| {path} | {b['wer']:.2f} | {t['wer']:.2f} | {rel:+.1f} | {b['cer']:.2f} | {t['cer']:.2f} |")
+    return rows, "\n".join(md)
