@@ -22,5 +22,5 @@ setup(
         "espeakng-loader>=0.2",
     ],
     extras_require={"test": ["pytest>=8", "ruff>=0.5"]},
-    include_package_data=True,
+    package_data={"nemo_tl": ["assets/*.nemo"]},
 )

@@ -50,6 +50,16 @@ def test_keep_shared_with_reordered_labels_follows_the_labels(base):
         assert torch.equal(w[i], bw[EN_LABELS.index(label)])
 
 
+def test_uncertainty_decoder_keeps_fresh_logvar_rows_for_new_labels(base):
+    cfg = {"decoder": {"_target_": "nemo_tl.modules.UncertaintyConvASRDecoder"}}
+    model = TransferCTCModel.from_base(base, labels=DE_LABELS, cfg=cfg)
+    w, _ = rows(model)
+    logvar_bias = model.decoder.logvar_layers[0].bias.detach()
+    new = [i for i, label in enumerate(DE_LABELS) if label not in EN_LABELS]
+    assert all(torch.count_nonzero(w[i]) == 0 for i in new)  # logits of new labels start at zero
+    assert all(logvar_bias[i] != 0 for i in new)  # log σ² keeps its init (zero would mean unit noise)
+
+
 def test_random_new_label_init_keeps_fresh_rows(base):
     model = TransferCTCModel.from_base(base, labels=DE_LABELS, new_label_init="random")
     w, _ = rows(model)

@@ -1,5 +1,6 @@
 """nemo_tl models: NeMo ModelPT subclasses, each saved to and restored from ``.nemo``."""
 
+from nemo_tl.models.distill_ctc import DistillCTCModel
 from nemo_tl.models.transfer_ctc import TransferCTCModel
 
-__all__ = ["TransferCTCModel"]
+__all__ = ["DistillCTCModel", "TransferCTCModel"]

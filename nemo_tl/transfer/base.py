@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import zipfile
 import tarfile
+import zipfile
 
 import torch
 from nemo.collections.asr.models import ASRModel, EncDecCTCModel

@@ -32,7 +32,11 @@ class TransferConfig:
         if isinstance(section, DictConfig):
             section = OmegaConf.to_container(section, resolve=True)
         if not isinstance(section, dict):
-            raise input_error(f"must be a mapping, got {type(section).__name__}", where=WHERE)
+            raise input_error(
+                f"must be a mapping, got {type(section).__name__} {section!r}",
+                where=WHERE,
+                fix="write transfer: {base_model: base.nemo, vocabulary: keep_shared, freeze_encoder_blocks: 0}",
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(section) - known)
         if unknown:
@@ -67,7 +71,9 @@ class TransferConfig:
             )
         if not isinstance(self.reinitialize, bool):
             raise input_error(
-                f"must be true or false, got {self.reinitialize!r}", where=f"{WHERE}.reinitialize"
+                f"must be true or false, got {self.reinitialize!r}",
+                where=f"{WHERE}.reinitialize",
+                fix="write true or false, without quotes",
             )
 
     def as_section(self) -> dict:

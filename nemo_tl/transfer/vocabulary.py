@@ -18,10 +18,12 @@ def transfer_decoder_rows(
     """Copy the output rows of labels both vocabularies hold from ``base_decoder`` to ``new_decoder``.
 
     Every parameter whose first dimension is the number of classes with blank (the logit
-    projection, and the log σ² projection of an uncertainty decoder) is treated alike: row
-    ``i`` of the new decoder gets the base row of the same label; the blank (the last row)
-    gets the base blank row; rows of labels the base lacks are set to zero
-    (``new_label_init="zero"``) or keep their fresh initialization (``"random"``).
+    projection ``decoder_layers``, and the log σ² projection of an uncertainty decoder) is
+    treated alike: row ``i`` of the new decoder gets the base row of the same label and the
+    blank (the last row) gets the base blank row. Logit rows of labels the base lacks are set
+    to zero (``new_label_init="zero"``) or keep their fresh initialization (``"random"``);
+    rows of other heads (log σ²) always keep their fresh initialization, since a zero log σ²
+    would mean unit noise variance.
 
     Returns:
         ``{"shared": n, "new": m}``: how many labels were copied and how many are new.
@@ -46,6 +48,6 @@ def transfer_decoder_rows(
         if base_param.shape[1:] != param.shape[1:]:
             continue
         param[dst] = base_param[src].to(param.dtype)
-        if new_label_init == "zero" and new_rows:
+        if new_label_init == "zero" and new_rows and name.startswith("decoder_layers."):
             param[new_rows] = 0.0
     return {"shared": len(src) - 1, "new": len(new_rows)}
