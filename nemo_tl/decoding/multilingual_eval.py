@@ -1,0 +1,187 @@
+"""Multilingual evaluation (Joshi et al. 2021, Tables 2, 4, 5, 7): WER per language, average, WERR, LID, T_avg.
+
+Pure metric functions (:func:`language_wers`, :func:`werr`) and a runner (:func:`evaluate`) that
+decodes manifests with a :class:`~nemo_tl.models.MultiSoftmaxRNNTModel` in one of three modes:
+
+- ``known``: the language of each utterance is given (``transcribe(lang=...)``);
+- ``lid_free``: no language; the model's LID picks it (early stopping with τ, s_th);
+- ``oracle``: every language's decoder runs (no early stopping) and the true language's
+  hypothesis is scored, which separates recognition errors from LID errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from nemo.collections.asr.metrics.wer import word_error_rate_detail
+
+from nemo_tl.data.manifest import read_manifest
+from nemo_tl.errors import input_error
+
+__all__ = [
+    "MODES",
+    "EvalResult",
+    "evaluate",
+    "format_table",
+    "language_wers",
+    "plot_sweep",
+    "sweep",
+    "to_json",
+    "werr",
+]
+
+MODES = ("known", "lid_free", "oracle")
+
+
+def language_wers(hyps: Sequence[str], refs: Sequence[str], langs: Sequence[str]) -> dict[str, tuple[float, int]]:
+    """WER per language and word-weighted average (key ``"avg"``): ``{lang: (WER %, reference words)}``.
+
+    The average weights each language by its number of reference words (Σ errors / Σ words),
+    as in Joshi et al. Table 2.
+    """
+    out: dict[str, tuple[float, int]] = {}
+    errors_total = words_total = 0.0
+    for lang in dict.fromkeys(langs):
+        idx = [i for i, x in enumerate(langs) if x == lang]
+        wer, words, *_ = word_error_rate_detail([hyps[i] for i in idx], [refs[i] for i in idx])
+        out[lang] = (100.0 * wer, int(words))
+        errors_total += wer * words
+        words_total += words
+    out["avg"] = (100.0 * errors_total / words_total if words_total else math.nan, int(words_total))
+    return out
+
+
+def werr(wer: float, baseline_wer: float) -> float:
+    """Relative WER reduction in % against a baseline: 100 (WER_b − WER) / WER_b (positive = better)."""
+    return 100.0 * (baseline_wer - wer) / baseline_wer if baseline_wer else math.nan
+
+
+@dataclass
+class EvalResult:
+    """One model in one mode: WERs, utterance LID accuracy (%), mean T_avg, and the raw outputs."""
+
+    mode: str
+    wers: dict[str, tuple[float, int]]
+    lid_accuracy: float | None
+    t_avg: float
+    langs: list[str] = field(repr=False, default_factory=list)
+    hyps: list[str] = field(repr=False, default_factory=list)
+    refs: list[str] = field(repr=False, default_factory=list)
+    predicted: list[str | None] = field(repr=False, default_factory=list)
+
+
+def _load(manifests: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    audio, refs, langs = [], [], []
+    for path in manifests:
+        for number, entry in enumerate(read_manifest(path), start=1):
+            if not entry.get("lang"):
+                raise input_error("missing key 'lang'", where=f"{path}:{number}", fix='add "lang" to every line')
+            audio.append(entry["audio_filepath"])
+            refs.append(entry.get("text", ""))
+            langs.append(entry["lang"])
+    return audio, refs, langs
+
+
+def evaluate(
+    model,
+    manifests: Sequence[str],
+    mode: str = "known",
+    batch_size: int = 8,
+    min_frames: float | None = None,
+    threshold: float | None = None,
+) -> EvalResult:
+    """Decode ``manifests`` (every line with ``lang``) with ``model`` in ``mode`` and score it.
+
+    ``model`` is a MultiSoftmaxRNNTModel, or a plain NeMo model (scored as ``known``; no LID).
+    ``min_frames`` / ``threshold`` override τ / s_th for ``lid_free``.
+    """
+    if mode not in MODES:
+        raise input_error(f"unknown mode {mode!r}", where="mode", fix=f"use one of {', '.join(MODES)}")
+    audio, refs, langs = _load(manifests)
+    multilingual = hasattr(model, "lid_log_posteriors")
+    if not multilingual:
+        out = model.transcribe(audio, batch_size=batch_size, verbose=False)
+        hyps = [h.text if hasattr(h, "text") else str(h) for h in out]
+        return EvalResult(mode, language_wers(hyps, refs, langs), None, 1.0, langs, hyps, refs, [None] * len(hyps))
+    if mode == "known":
+        out = model.transcribe(audio, batch_size=batch_size, verbose=False, lang=langs)
+    elif mode == "lid_free":
+        out = model.transcribe(audio, batch_size=batch_size, verbose=False, min_frames=min_frames, threshold=threshold)
+    else:
+        if not model.is_multisoftmax:
+            raise input_error(
+                "oracle mode needs per-language decoders", where="mode", fix="use architecture multisoftmax"
+            )
+        out = model.transcribe(audio, batch_size=batch_size, verbose=False, min_frames=math.inf)
+    hyps = [h.lang_hypotheses[lang] if mode == "oracle" else h.text for h, lang in zip(out, langs)]
+    predicted = [h.lang for h in out]
+    lid = 100.0 * sum(p == t for p, t in zip(predicted, langs)) / len(langs) if mode == "lid_free" else None
+    t_avg = sum(h.t_avg for h in out) / len(out)
+    return EvalResult(mode, language_wers(hyps, refs, langs), lid, t_avg, langs, hyps, refs, predicted)
+
+
+def sweep(
+    model,
+    manifests: Sequence[str],
+    settings: Sequence[tuple[float, float]],
+    batch_size: int = 8,
+) -> list[dict[str, float]]:
+    """LID-free WER / T_avg / LID accuracy for each (τ, s_th) (Joshi et al. Table 7)."""
+    rows = []
+    for tau, s_th in settings:
+        r = evaluate(model, manifests, "lid_free", batch_size, min_frames=tau, threshold=s_th)
+        rows.append(
+            {"tau": tau, "s_th": s_th, "wer": r.wers["avg"][0], "t_avg": r.t_avg, "lid_accuracy": r.lid_accuracy}
+        )
+    return rows
+
+
+def format_table(rows: Mapping[str, EvalResult], languages: Sequence[str], baseline: EvalResult | None = None) -> str:
+    """Rows of WER per language, average, WERR against ``baseline``, LID accuracy and T_avg."""
+    head = ["model"] + list(languages) + ["Avg.", "WERR", "LID acc", "T_avg"]
+    lines = ["\t".join(head)]
+    for name, r in rows.items():
+        cells = [name] + [f"{r.wers[lang][0]:.2f}" if lang in r.wers else "-" for lang in languages]
+        avg = r.wers["avg"][0]
+        cells.append(f"{avg:.2f}")
+        cells.append(f"{werr(avg, baseline.wers['avg'][0]):.2f}" if baseline is not None else "-")
+        cells.append(f"{r.lid_accuracy:.1f}" if r.lid_accuracy is not None else "-")
+        cells.append(f"{r.t_avg:.2f}")
+        lines.append("\t".join(cells))
+    return "\n".join(lines)
+
+
+def to_json(rows: Mapping[str, EvalResult]) -> str:
+    return json.dumps(
+        {
+            k: {"mode": r.mode, "wers": r.wers, "lid_accuracy": r.lid_accuracy, "t_avg": r.t_avg}
+            for k, r in rows.items()
+        },
+        indent=2,
+    )
+
+
+def plot_sweep(rows: Sequence[Mapping[str, float]], path: str) -> str:
+    """Save the (τ, s_th) trade-off as a PNG: WER and LID accuracy against T_avg, points labelled (τ, s_th)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_wer, ax_lid) = plt.subplots(1, 2, figsize=(10, 4))
+    t_avg = [r["t_avg"] for r in rows]
+    for ax, key, label in ((ax_wer, "wer", "WER [%]"), (ax_lid, "lid_accuracy", "LID accuracy [%]")):
+        ax.plot(t_avg, [r[key] for r in rows], "o")
+        for r in rows:
+            ax.annotate(f"τ={r['tau']:g}, s_th={r['s_th']:g}", (r["t_avg"], r[key]), fontsize=7)
+        ax.set_xlabel("T_avg (decoders running on average)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("LID-free early stopping: trade-off of τ and s_th")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

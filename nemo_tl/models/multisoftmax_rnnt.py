@@ -1,0 +1,901 @@
+"""Multilingual RNN-T with language-specific softmaxes and an integrated LID head (Joshi et al. 2021).
+
+:class:`MultiSoftmaxRNNTModel` is a NeMo :class:`EncDecRNNTModel` whose ``model.architecture`` picks
+one of the paper's three models, trained from the same manifests with the same sampler:
+
+- ``multisoftmax``: shared encoder and prediction network, per language an embedding, a joint and a
+  softmax over that language's labels + blank (``language_specific_prediction: true``: the LSP
+  variant, one prediction network per language);
+- ``vanilla``: one softmax over the union of all languages' labels;
+- ``onehot``: the union softmax, with the language one-hot appended to the acoustic features.
+
+An optional LID head on the encoder output is trained with frame-level CE
+(loss = RNN-T + ``lid.weight`` · CE) and drives LID-free decoding with early stopping
+(:mod:`nemo_tl.decoding.lid_free`). Every manifest line carries ``lang``; batches carry a
+language index per utterance as their fifth element.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Trainer
+from nemo.collections.asr.data.audio_to_text import _AudioTextDataset, _speech_collate_fn
+from nemo.collections.asr.losses.rnnt import RNNTLoss
+from nemo.collections.asr.metrics.wer import WER
+from nemo.collections.asr.models.rnnt_models import EncDecRNNTModel
+from nemo.collections.asr.parts.mixins import TranscribeConfig
+from nemo.collections.asr.parts.preprocessing.perturb import process_augmentations
+from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTDecoding, RNNTDecodingConfig
+from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
+from nemo.collections.common.parts.preprocessing.parsers import make_parser
+from nemo.utils import logging, model_utils
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from nemo_tl.data.manifest import flatten_manifest_filepath, read_manifest
+from nemo_tl.data.validate import check_dataset_config
+from nemo_tl.decoding.lid_free import average_posteriors, choose_language, early_stopping
+from nemo_tl.errors import input_error
+from nemo_tl.losses.lid import frame_lid_loss
+from nemo_tl.models.mixins import ManifestDataMixin
+from nemo_tl.modules.multisoftmax import LIDHead, MultiSoftmaxDecoder, MultiSoftmaxJoint
+
+__all__ = [
+    "ARCHITECTURES",
+    "LanguageAudioToCharDataset",
+    "MultiSoftmaxRNNTModel",
+    "MultilingualTranscribeConfig",
+    "append_language_onehot",
+    "prepare_multilingual_config",
+]
+
+ARCHITECTURES = ("multisoftmax", "vanilla", "onehot")
+_NEMO_DECODER = "nemo.collections.asr.modules.RNNTDecoder"
+_NEMO_JOINT = "nemo.collections.asr.modules.RNNTJoint"
+_MS_DECODER = f"{MultiSoftmaxDecoder.__module__}.{MultiSoftmaxDecoder.__name__}"
+_MS_JOINT = f"{MultiSoftmaxJoint.__module__}.{MultiSoftmaxJoint.__name__}"
+_OWN_KEYS = ("languages", "architecture", "language_specific_prediction", "lid", "lid_free")
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+def _languages_from_config(value: Any) -> dict[str, list[str]]:
+    """``model.languages`` as an ordered ``{lang: labels}``; raises InputError on bad input.
+
+    Accepts the mapping form ``{en: {labels: [...]}}`` and the list form
+    ``[{name: en, labels: [...]}, ...]`` (where a language can be given twice by mistake).
+    """
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if not value:
+        raise input_error(
+            "no languages given",
+            where="model.languages",
+            fix="list the languages in LID order, e.g. languages: {en: {labels: [' ', a, b]}, hi: {labels: [...]}}",
+        )
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        items = []
+        for i, item in enumerate(value):
+            if not isinstance(item, Mapping) or "name" not in item:
+                raise input_error(
+                    f"entry {i} is {item!r}, not {{name: ..., labels: [...]}}",
+                    where=f"model.languages[{i}]",
+                    fix="give each language as {name: <code>, labels: [...]}",
+                )
+            items.append((item["name"], item))
+    else:
+        raise input_error(
+            f"must be a mapping of languages, got {value!r}",
+            where="model.languages",
+            fix="write languages: {en: {labels: [...]}, hi: {labels: [...]}}",
+        )
+    out: dict[str, list[str]] = {}
+    for name, spec in items:
+        key = str(name)
+        where = f"model.languages.{key}"
+        if key in out or key.strip().lower() in {k.strip().lower() for k in out}:
+            raise input_error(
+                f"language {key!r} is given twice",
+                where="model.languages",
+                fix="give every language once (the order is the LID class index)",
+            )
+        labels = spec.get("labels") if isinstance(spec, Mapping) else spec
+        if isinstance(labels, str):
+            labels = list(labels)
+        if labels is not None and not isinstance(labels, (list, tuple)):
+            raise input_error(
+                f"labels of {key!r} must be a list of characters, got {labels!r}",
+                where=f"{where}.labels",
+                fix="list the language's characters, e.g. labels: [' ', a, b, c]",
+            )
+        if not labels:
+            raise input_error(
+                f"language {key!r} has an empty label list",
+                where=f"{where}.labels",
+                fix="list the language's characters, e.g. labels: [' ', a, b, c]",
+            )
+        labels = [str(c) for c in labels]
+        dups = sorted({c for c in labels if labels.count(c) > 1})
+        if dups:
+            raise input_error(
+                f"labels given twice: {', '.join(repr(c) for c in dups)}",
+                where=f"{where}.labels",
+                fix="list every label once",
+            )
+        out[key] = labels
+    return out
+
+
+def _union(vocabularies: Mapping[str, Sequence[str]]) -> list[str]:
+    """The union of the languages' labels, in first-seen order (the vanilla/onehot softmax)."""
+    return list(dict.fromkeys(c for labels in vocabularies.values() for c in labels))
+
+
+def _section(cfg: DictConfig, key: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``model.<key>`` with its defaults filled in; InputError on a key it does not know."""
+    value = cfg.get(key)
+    if value is None:
+        return dict(defaults)
+    if not isinstance(value, (Mapping, DictConfig)):
+        raise input_error(
+            f"must be a mapping, got {value!r}", where=f"model.{key}", fix=f"write {key}: {dict(defaults)}"
+        )
+    value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
+    unknown = sorted(set(value) - set(defaults))
+    if unknown:
+        raise input_error(
+            f"unknown key(s) {', '.join(unknown)}",
+            where=f"model.{key}.{unknown[0]}",
+            fix=f"use the keys {', '.join(defaults)}",
+        )
+    return {**defaults, **value}
+
+
+def _number(value: Any, where: str, what: str) -> float:
+    """``value`` as a float ≥ 0 (inf allowed); InputError naming ``where`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) >= 0:
+        raise input_error(f"must be a number ≥ 0, got {value!r}", where=where, fix=f"give {what}")
+    return float(value)
+
+
+def prepare_multilingual_config(cfg: DictConfig) -> DictConfig:
+    """Validate the multilingual keys and derive what NeMo's RNN-T model builds from.
+
+    Checks ``model.languages``, ``model.architecture``, ``model.lid`` and ``model.lid_free``
+    (InputError naming the key), normalizes ``languages`` to ``{lang: {labels: [...]}}`` and sets
+    ``labels`` (the union), the ``_target_`` and per-language sizes of ``decoder`` and ``joint``
+    and, for ``onehot``, ``encoder.feat_in`` = features + L. Idempotent (runs again on restore).
+    """
+    cfg = copy.deepcopy(cfg)
+    vocabularies = _languages_from_config(cfg.get("languages"))
+    architecture = cfg.get("architecture", "multisoftmax")
+    if architecture not in ARCHITECTURES:
+        raise input_error(
+            f"unknown architecture {architecture!r}",
+            where="model.architecture",
+            fix=f"use one of {', '.join(ARCHITECTURES)}",
+        )
+    lsp = bool(cfg.get("language_specific_prediction", False))
+    if lsp and architecture != "multisoftmax":
+        raise input_error(
+            f"language_specific_prediction needs architecture multisoftmax, not {architecture}",
+            where="model.language_specific_prediction",
+            fix="set it to false, or use architecture: multisoftmax",
+        )
+    lid = _section(cfg, "lid", {"enabled": True, "weight": 1.0})
+    weight = _number(lid["weight"], "model.lid.weight", "the weight of the LID cross entropy, e.g. 1.0")
+    if not isinstance(lid["enabled"], bool):
+        raise input_error(f"must be true or false, got {lid['enabled']!r}", where="model.lid.enabled", fix="true")
+    lid_free = _section(cfg, "lid_free", {"min_frames": 30.0, "threshold": 0.5})
+    tau = _number(lid_free["min_frames"], "model.lid_free.min_frames", "τ in encoder frames, e.g. 30 (.inf: never)")
+    s_th = _number(lid_free["threshold"], "model.lid_free.threshold", "s_th, e.g. 0.5 (.inf: never)")
+
+    with open_dict(cfg):
+        cfg.languages = {lang: {"labels": labels} for lang, labels in vocabularies.items()}
+        cfg.architecture = architecture
+        cfg.language_specific_prediction = lsp
+        cfg.lid = {"enabled": lid["enabled"], "weight": weight}
+        cfg.lid_free = {"min_frames": tau, "threshold": s_th}
+        cfg.labels = _union(vocabularies)
+        decoder = cfg.decoder
+        joint = cfg.joint
+        for key in ("vocab_sizes", "language_specific_prediction", "vocabularies"):
+            decoder.pop(key, None)
+            joint.pop(key, None)
+        if architecture == "multisoftmax":
+            decoder._target_ = _MS_DECODER
+            decoder.vocab_sizes = {lang: len(labels) for lang, labels in vocabularies.items()}
+            decoder.language_specific_prediction = lsp
+            joint._target_ = _MS_JOINT
+            joint.vocabularies = dict(vocabularies)
+        else:
+            decoder._target_ = _NEMO_DECODER
+            joint._target_ = _NEMO_JOINT
+        if architecture == "onehot":
+            features = cfg.preprocessor.get("features")
+            if features is None:
+                raise input_error(
+                    "onehot needs the feature size to size the encoder input",
+                    where="model.preprocessor.features",
+                    fix="set preprocessor.features (the number of mel bands)",
+                )
+            cfg.encoder.feat_in = int(features) + len(vocabularies)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+class _LanguageCharParser:
+    """NeMo char parser per language: ``parser(text, lang)`` → that language's label ids.
+
+    Marked ``is_aggregate`` so that NeMo's ``ASRAudioText`` passes each line's ``lang``.
+    """
+
+    is_aggregate = True
+
+    def __init__(self, vocabularies: Mapping[str, Sequence[str]], normalize: bool = False):
+        self._parsers = {
+            lang: make_parser(labels=list(labels), name="base", unk_id=-1, blank_id=-1, do_normalize=normalize)
+            for lang, labels in vocabularies.items()
+        }
+
+    def __call__(self, text: str, lang: str) -> list[int] | None:
+        return self._parsers[lang](text)
+
+
+class LanguageAudioToCharDataset(_AudioTextDataset):
+    """NeMo's char dataset, tokenizing each line with its language's labels and returning its language.
+
+    Items are NeMo's ``(audio, audio_len, tokens, tokens_len)`` plus the language index (its
+    position in ``languages``); batches are ``(audio, audio_len, tokens, tokens_len, lang_ids)``.
+
+    Args:
+        manifest_filepath: manifest(s); every line has ``lang``.
+        vocabularies: ``{lang: labels}`` in LID order. For the union softmax (vanilla/onehot)
+            pass the union labels under every language.
+        sample_rate, max_duration, min_duration, trim, normalize: as NeMo's AudioToCharDataset.
+    """
+
+    def __init__(
+        self,
+        manifest_filepath: str | list[str],
+        vocabularies: Mapping[str, Sequence[str]],
+        sample_rate: int,
+        max_duration: float | None = None,
+        min_duration: float | None = None,
+        trim: bool = False,
+        normalize: bool = False,
+        **kwargs: Any,
+    ):
+        self.lang_index = {lang: i for i, lang in enumerate(vocabularies)}
+        super().__init__(
+            manifest_filepath=manifest_filepath,
+            parser=_LanguageCharParser(vocabularies, normalize=normalize),
+            sample_rate=sample_rate,
+            max_duration=max_duration,
+            min_duration=min_duration,
+            trim=trim,
+            **kwargs,
+        )
+
+    def _process_sample(self, index: int):
+        lang = self.manifest_processor.collection[index].lang
+        return (*super()._process_sample(index), torch.tensor(self.lang_index[lang], dtype=torch.long))
+
+    def _collate_fn(self, batch):
+        base = _speech_collate_fn([b[:-1] for b in batch], pad_id=self.manifest_processor.pad_id)
+        return (*base, torch.stack([b[-1] for b in batch]))
+
+    def collate_fn(self, batch):
+        return self._collate_fn(batch)
+
+    @property
+    def hours(self) -> float:
+        """Total audio duration in hours (the default mixing weight)."""
+        return sum(s.duration or 0.0 for s in self.manifest_processor.collection) / 3600.0
+
+
+def append_language_onehot(features: torch.Tensor, lang_ids: torch.Tensor, num_languages: int) -> torch.Tensor:
+    """Append the language one-hot to every frame: (B, D, T) → (B, D + L, T) (the ``onehot`` baseline)."""
+    onehot = torch.nn.functional.one_hot(lang_ids.long(), num_languages).to(features.dtype)  # (B, L)
+    return torch.cat([features, onehot.unsqueeze(-1).expand(-1, -1, features.shape[-1])], dim=1)
+
+
+@dataclass
+class MultilingualTranscribeConfig(TranscribeConfig):
+    """NeMo's TranscribeConfig plus the language (one code, or one per file; None: LID-free) and τ, s_th."""
+
+    languages: str | list[str] | None = None
+    min_frames: float | None = None
+    threshold: float | None = None
+    _offset: int = field(default=0, repr=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+
+
+class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
+    """Multilingual RNN-T: multi-softmax (or vanilla / onehot baselines) with an integrated LID head.
+
+    Config keys (besides NeMo's RNN-T keys): ``languages`` ({lang: {labels}}, order = LID index),
+    ``architecture``, ``language_specific_prediction``, ``lid`` {enabled, weight},
+    ``lid_free`` {min_frames (τ), threshold (s_th)}. See ``conf/multisoftmax_rnnt.yaml``.
+    """
+
+    def __init__(self, cfg: DictConfig, trainer: Trainer | None = None):
+        cfg = model_utils.convert_model_config_to_dict_config(cfg)
+        cfg = model_utils.maybe_update_config_version(cfg)
+        cfg = prepare_multilingual_config(cfg)
+        super().__init__(cfg=cfg, trainer=trainer)
+        self.lid_head = LIDHead(self.cfg.model_defaults.enc_hidden, len(self.languages)) if self.lid_enabled else None
+        if self.is_multisoftmax:
+            loss_name, loss_kwargs = self.extract_rnnt_loss_cfg(self.cfg.get("loss", None))
+            self.loss = torch.nn.ModuleDict(
+                {
+                    lang: RNNTLoss(
+                        num_classes=len(labels),
+                        loss_name=loss_name,
+                        loss_kwargs=loss_kwargs,
+                        reduction=self.cfg.get("rnnt_reduction", "mean_batch"),
+                    )
+                    for lang, labels in self.vocabularies.items()
+                }
+            )
+            self.change_decoding_strategy(self.cfg.decoding, verbose=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Under DDP, let the parameters of languages absent from a batch go unused.
+
+        A one-language batch leaves the other languages' embeddings, joints and softmaxes without
+        gradient, which DDP's default refuses; ask the Trainer's DDP strategy (before it wraps the
+        model) to expect that, so ``trainer.strategy=ddp`` works as it is.
+        """
+        from lightning.pytorch.strategies import DDPStrategy
+
+        trainer = getattr(self, "_trainer", None)
+        strategy = getattr(trainer, "strategy", None)
+        if isinstance(strategy, DDPStrategy) and self.is_multisoftmax:
+            if not strategy._ddp_kwargs.get("find_unused_parameters", False):
+                strategy._ddp_kwargs["find_unused_parameters"] = True
+                logging.info("MultiSoftmaxRNNTModel: DDP set to find_unused_parameters=True (one language a batch)")
+        super().setup(stage)
+
+    # ---- properties -----------------------------------------------------------------------
+
+    @property
+    def languages(self) -> list[str]:
+        """Language codes in LID order."""
+        return list(self.cfg.languages)
+
+    @property
+    def vocabularies(self) -> dict[str, list[str]]:
+        """``{lang: labels}`` in LID order."""
+        return {lang: list(spec.labels) for lang, spec in self.cfg.languages.items()}
+
+    @property
+    def architecture(self) -> str:
+        return self.cfg.architecture
+
+    @property
+    def is_multisoftmax(self) -> bool:
+        return self.cfg.architecture == "multisoftmax"
+
+    @property
+    def lid_enabled(self) -> bool:
+        return bool(self.cfg.lid.enabled)
+
+    def language_parameters(self, lang: str) -> list[torch.nn.Parameter]:
+        """The parameters only ``lang`` updates (embedding, joint, softmax; LSP: prediction network)."""
+        if not self.is_multisoftmax:
+            return []
+        return self.decoder.language_parameters(lang) + self.joint.language_parameters(lang)
+
+    # ---- decoding set-up ------------------------------------------------------------------
+
+    def change_decoding_strategy(self, decoding_cfg: DictConfig | None = None, verbose: bool = True) -> None:
+        """NeMo's decoding strategy change; multi-softmax builds one RNNTDecoding per language."""
+        if not self.is_multisoftmax:
+            return super().change_decoding_strategy(decoding_cfg, verbose=verbose)
+        if decoding_cfg is None:
+            decoding_cfg = self.cfg.decoding
+        decoding_cls = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(RNNTDecodingConfig)))
+        decoding_cfg = self.set_decoding_type_according_to_loss(OmegaConf.merge(decoding_cls, decoding_cfg))
+        self.lang_decoding = {
+            lang: RNNTDecoding(
+                decoding_cfg=decoding_cfg, decoder=self.decoder[lang], joint=self.joint[lang], vocabulary=labels
+            )
+            for lang, labels in self.vocabularies.items()
+        }
+        self.lang_wer = torch.nn.ModuleDict(
+            {
+                lang: WER(
+                    decoding=dec,
+                    batch_dim_index=0,
+                    use_cer=self.cfg.get("use_cer", False),
+                    log_prediction=self.cfg.get("log_prediction", False),
+                    dist_sync_on_step=True,
+                )
+                for lang, dec in self.lang_decoding.items()
+            }
+        )
+        first = self.languages[0]
+        self.decoding = self.lang_decoding[first]  # what NeMo helpers that read model.decoding / wer see
+        self.wer = self.lang_wer[first]
+        for lang in self.languages:
+            self.joint[lang].temperature = decoding_cfg.get("temperature", 1.0)
+        with open_dict(self.cfg):
+            self.cfg.decoding = decoding_cfg
+        if verbose:
+            logging.info(f"Changed decoding strategy of every language to\n{OmegaConf.to_yaml(decoding_cfg)}")
+
+    def change_vocabulary(self, new_vocabulary: list[str], decoding_cfg: DictConfig | None = None) -> None:
+        raise input_error(
+            "a multilingual model's vocabulary is set per language",
+            where="model.languages",
+            fix="change model.languages and train a new model, or extract_language(lang) and change that",
+        )
+
+    # ---- data ----------------------------------------------------------------------------
+
+    def _dataset_vocabularies(self) -> dict[str, list[str]]:
+        """Token ids per language: the language's own labels, or the union for vanilla/onehot."""
+        if self.is_multisoftmax:
+            return self.vocabularies
+        union = list(self.cfg.labels)
+        return {lang: union for lang in self.languages}
+
+    def _manifest_dataset(self, config: DictConfig, augmentor: Any = None) -> LanguageAudioToCharDataset:
+        """The dataset of one manifest (used by the mixed loader of ManifestDataMixin, too)."""
+        return LanguageAudioToCharDataset(
+            manifest_filepath=config.manifest_filepath,
+            vocabularies=self._dataset_vocabularies(),
+            sample_rate=config.get("sample_rate") or self.cfg.sample_rate,
+            max_duration=config.get("max_duration"),
+            min_duration=config.get("min_duration"),
+            trim=config.get("trim_silence", False),
+            normalize=config.get("normalize_transcripts", False),
+            augmentor=augmentor,
+        )
+
+    def _setup_dataloader_from_config(self, config: DictConfig | dict | None):
+        """Per-language datasets; with ``mixing``, ManifestDataMixin's mixed loader over them.
+
+        Every line is checked first against its own language's labels (InputError naming file:line).
+        """
+        if config is None or not config.get("manifest_filepath"):
+            return None
+        if not isinstance(config, DictConfig):
+            config = OmegaConf.create(dict(config))
+        config = check_dataset_config(
+            config,
+            labels=self.vocabularies,
+            languages=self.languages,
+            sample_rate=config.get("sample_rate") or self.cfg.sample_rate,
+            section=self._dataset_section,
+        )
+        if config.get("mixing") is not None:
+            return self._setup_mixed_dataloader(config)
+        augmentor = None
+        if config.get("augmentor") is not None:
+            augmentor = process_augmentations(
+                config.augmentor, global_rank=self.global_rank, world_size=self.world_size
+            )
+        datasets = []
+        for path in flatten_manifest_filepath(config.manifest_filepath):
+            one = config.copy()
+            with open_dict(one):
+                one.manifest_filepath = path
+            datasets.append(self._manifest_dataset(one, augmentor))
+        dataset = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
+        return torch.utils.data.DataLoader(
+            dataset=dataset,
+            batch_size=config["batch_size"],
+            collate_fn=datasets[0].collate_fn,
+            drop_last=config.get("drop_last", False),
+            shuffle=config.get("shuffle", False),
+            num_workers=config.get("num_workers", 0),
+            pin_memory=config.get("pin_memory", False),
+        )
+
+    def _setup_transcribe_dataloader(self, config: dict) -> torch.utils.data.DataLoader:
+        # transcribe() lists files without text or language: use NeMo's plain char loader for them.
+        manifest = config.get("manifest_filepath") or f"{config['temp_dir']}/manifest.json"
+        batch_size = (
+            config["batch_size"]
+            if "manifest_filepath" in config
+            else min(config["batch_size"], len(config["paths2audio_files"]))
+        )
+        dl_config = DictConfig(
+            {
+                "manifest_filepath": manifest,
+                "sample_rate": self.preprocessor._sample_rate,
+                "labels": list(self.cfg.labels),
+                "batch_size": batch_size,
+                "trim_silence": False,
+                "shuffle": False,
+                "num_workers": config.get("num_workers") or 0,
+                "pin_memory": False,
+            }
+        )
+        return EncDecRNNTModel._setup_dataloader_from_config(self, dl_config)
+
+    # ---- forward pieces --------------------------------------------------------------------
+
+    def encode(
+        self, signal: torch.Tensor, signal_len: torch.Tensor, lang_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared encoder: audio (B, S) → encoded (B, D, T), lengths (B,).
+
+        ``onehot`` appends the language one-hot after the preprocessor (and SpecAugment).
+        """
+        if self.architecture != "onehot":
+            return self.forward(input_signal=signal, input_signal_length=signal_len)
+        if lang_ids is None:
+            raise input_error(
+                "the onehot model needs the language of every utterance",
+                where="transcribe(lang=...)",
+                fix="pass lang=..., or use a multisoftmax model with lid.enabled for LID-free decoding",
+            )
+        processed, processed_len = self.preprocessor(input_signal=signal, length=signal_len)
+        if self.spec_augmentation is not None and self.training:
+            processed = self.spec_augmentation(input_spec=processed, length=processed_len)
+        processed = append_language_onehot(processed, lang_ids.to(processed.device), len(self.languages))
+        return self.forward(processed_signal=processed, processed_signal_length=processed_len)
+
+    def lid_log_posteriors(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Frame LID log-posteriors log P_t(l): encoded (B, D, T) → (B, T, L)."""
+        return self.lid_head(encoded).log_softmax(dim=-1)
+
+    def _groups(self, lang_ids: torch.Tensor):
+        """Yield ``(lang, rows)`` per language present; ``rows`` is None when it is the whole batch."""
+        present = torch.unique(lang_ids).tolist()
+        if len(present) == 1:
+            yield self.languages[present[0]], None
+            return
+        for i in present:
+            yield self.languages[i], (lang_ids == i).nonzero(as_tuple=True)[0]
+
+    def rnnt_loss(
+        self,
+        encoded: torch.Tensor,
+        encoded_len: torch.Tensor,
+        transcript: torch.Tensor,
+        transcript_len: torch.Tensor,
+        lang_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """RNN-T loss; multi-softmax: each utterance through its language's decoder, joint and softmax.
+
+        Shapes: encoded (B, D, T), encoded_len (B,), transcript (B, U), transcript_len (B,),
+        lang_ids (B,). A mixed batch is split by language and the per-language losses are
+        weighted by their share of the batch.
+        """
+        if not self.is_multisoftmax:
+            decoder, target_length, _ = self.decoder(targets=transcript, target_length=transcript_len)
+            joint = self.joint(encoder_outputs=encoded, decoder_outputs=decoder)
+            return self.loss(
+                log_probs=joint, targets=transcript, input_lengths=encoded_len, target_lengths=target_length
+            )
+        total = encoded.new_zeros(())
+        batch = encoded.shape[0]
+        for lang, rows in self._groups(lang_ids):
+            enc, enc_len, tr, tr_len = encoded, encoded_len, transcript, transcript_len
+            if rows is not None:
+                enc, enc_len, tr_len = encoded[rows], encoded_len[rows], transcript_len[rows]
+                tr = transcript[rows][:, : max(int(tr_len.max()), 1)]
+            decoder, target_length, _ = self.decoder(targets=tr, target_length=tr_len, lang=lang)
+            joint = self.joint(encoder_outputs=enc, decoder_outputs=decoder, lang=lang)
+            loss = self.loss[lang](log_probs=joint, targets=tr, input_lengths=enc_len, target_lengths=target_length)
+            total = total + loss * (enc.shape[0] / batch)
+        return total
+
+    def _losses(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        signal, signal_len, transcript, transcript_len, lang_ids = batch
+        encoded, encoded_len = self.encode(signal, signal_len, lang_ids)
+        rnnt = self.rnnt_loss(encoded, encoded_len, transcript, transcript_len, lang_ids)
+        parts = {"rnnt_loss": rnnt}
+        loss = rnnt
+        if self.lid_head is not None:
+            lid = frame_lid_loss(self.lid_head(encoded), encoded_len, lang_ids)
+            parts["lid_loss"] = lid
+            loss = rnnt + self.cfg.lid.weight * lid
+        return loss, parts, encoded, encoded_len
+
+    # ---- Lightning steps -------------------------------------------------------------------
+
+    def training_step(self, batch, batch_nb):
+        loss, parts, _, _ = self._losses(batch)
+        logs = {f"train_{k}": v for k, v in parts.items()}
+        logs["train_loss"] = loss
+        if self._optimizer is not None:
+            logs["learning_rate"] = self._optimizer.param_groups[0]["lr"]
+        self.log_dict(logs)
+        return {"loss": loss}
+
+    def validation_pass(self, batch, batch_idx, dataloader_idx=0):
+        loss, parts, encoded, encoded_len = self._losses(batch)
+        _, _, transcript, transcript_len, lang_ids = batch
+        num = torch.zeros((), dtype=torch.long, device=encoded.device)
+        denom = torch.zeros((), dtype=torch.long, device=encoded.device)
+        groups = self._groups(lang_ids) if self.is_multisoftmax else [(None, None)]
+        for lang, rows in groups:
+            enc, enc_len, tr, tr_len = encoded, encoded_len, transcript, transcript_len
+            if rows is not None:
+                enc, enc_len, tr, tr_len = encoded[rows], encoded_len[rows], transcript[rows], transcript_len[rows]
+            wer = self.wer if lang is None else self.lang_wer[lang]
+            # Ranks may see different languages in a batch: no sync per language, one all-reduce below.
+            to_sync, wer._to_sync = wer._to_sync, False
+            wer.update(predictions=enc, predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len)
+            _, n, d = wer.compute()
+            wer.reset()
+            wer._to_sync = to_sync
+            num, denom = num + n.to(num.device), denom + d.to(denom.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(num)
+            torch.distributed.all_reduce(denom)
+        logs = {
+            "val_loss": loss,
+            "val_wer_num": num,
+            "val_wer_denom": denom,
+            "val_wer": num.float() / denom.clamp(min=1),
+        }
+        logs.update({f"val_{k}": v for k, v in parts.items()})
+        if self.lid_head is not None:
+            post = average_posteriors(self.lid_log_posteriors(encoded), encoded_len)
+            logs["val_lid_acc"] = (post.argmax(dim=-1) == lang_ids).float().mean()
+        return logs
+
+    # ---- transcription ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def transcribe(
+        self,
+        audio: str | list[str] | np.ndarray | torch.utils.data.DataLoader,
+        use_lhotse: bool = False,
+        batch_size: int = 4,
+        return_hypotheses: bool = True,
+        partial_hypothesis: list[Hypothesis] | None = None,
+        num_workers: int = 0,
+        channel_selector: Any = None,
+        augmentor: DictConfig | None = None,
+        verbose: bool = True,
+        timestamps: bool | None = None,
+        override_config: TranscribeConfig | None = None,
+        *,
+        lang: str | Sequence[str] | None = None,
+        min_frames: float | None = None,
+        threshold: float | None = None,
+    ) -> list[Hypothesis]:
+        """Transcribe ``audio``; returns NeMo Hypothesis objects with ``.lang``, ``.lang_posteriors``, ``.t_avg``.
+
+        Args:
+            audio: as NeMo's ``transcribe`` (paths, a manifest, arrays).
+            lang: the language (one code, or one per file): decode with that language's decoder
+                only. None: LID-free decoding with early stopping (multi-softmax), or the union
+                softmax (vanilla).
+            min_frames, threshold: override ``model.lid_free`` τ and s_th for this call.
+
+        ``.lang_posteriors`` is ``{lang: average LID posterior}`` (None without a LID head);
+        ``.t_avg`` is Σ_l t_l^off / T (1 for a single decoder); LID-free multi-softmax results
+        also carry ``.lang_hypotheses`` ``{lang: text}`` and ``.lang_scores`` ``{lang: log-score}`` for the
+        decoders still on (without a LID head, the best score picks the language).
+        """
+        languages = self._file_languages(audio, lang)
+        if override_config is not None:  # keep the caller's settings, add the multilingual ones
+            base = {f.name: getattr(override_config, f.name) for f in fields(TranscribeConfig)}
+            trcfg = MultilingualTranscribeConfig(**base)
+        else:
+            trcfg = MultilingualTranscribeConfig(
+                use_lhotse=use_lhotse,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                channel_selector=channel_selector,
+                augmentor=augmentor,
+                verbose=verbose,
+                timestamps=timestamps,
+                partial_hypothesis=partial_hypothesis,
+            )
+        trcfg.return_hypotheses = True
+        trcfg.languages, trcfg.min_frames, trcfg.threshold = languages, min_frames, threshold
+        return super().transcribe(audio=audio, override_config=trcfg)
+
+    def _file_languages(self, audio: Any, lang: str | Sequence[str] | None) -> list[str] | None:
+        if lang is None:
+            if self.architecture == "onehot":
+                raise input_error(
+                    "the onehot model needs the language of every file",
+                    where="transcribe(lang=...)",
+                    fix="pass lang='xx' (or one per file); LID-free decoding needs architecture multisoftmax",
+                )
+            return None
+        if isinstance(lang, str):
+            names = [lang]
+        else:
+            names = list(lang)
+            if isinstance(audio, str) and audio.endswith((".json", ".jsonl")):
+                count = len(read_manifest(audio))
+            elif isinstance(audio, (list, tuple)):
+                count = len(audio)
+            else:
+                count = 1 if isinstance(audio, (str, np.ndarray, torch.Tensor)) else len(names)
+            if len(names) != count:
+                raise input_error(
+                    f"{len(names)} languages for {count} files",
+                    where="transcribe(lang=...)",
+                    fix="pass one language code, or one per file",
+                )
+        unknown = sorted({n for n in names if n not in self.cfg.languages})
+        if unknown:
+            raise input_error(
+                f"unknown language(s) {', '.join(map(repr, unknown))} (known: {', '.join(self.languages)})",
+                where="transcribe(lang=...)",
+                fix="use one of the model's languages",
+            )
+        return lang if isinstance(lang, str) else names
+
+    def _transcribe_forward(self, batch: Any, trcfg: TranscribeConfig):
+        signal, signal_len = batch[0], batch[1]
+        lang_ids = None
+        spec = getattr(trcfg, "languages", None)
+        if spec is not None:
+            size = signal.shape[0]  # batches come in file order: the next `size` files
+            names = [spec] * size if isinstance(spec, str) else spec[trcfg._offset : trcfg._offset + size]
+            trcfg._offset += size
+            lang_ids = torch.tensor([self.languages.index(name) for name in names], device=signal.device)
+        encoded, encoded_len = self.encode(signal, signal_len, lang_ids)
+        return {"encoded": encoded, "encoded_len": encoded_len, "lang_ids": lang_ids}
+
+    def _decode(self, lang: str | None, encoded: torch.Tensor, encoded_len: torch.Tensor) -> list[Hypothesis]:
+        decoding = self.lang_decoding[lang] if self.is_multisoftmax else self.decoding
+        return decoding.rnnt_decoder_predictions_tensor(encoded, encoded_len, return_hypotheses=True)
+
+    def _transcribe_output_processing(self, outputs: dict, trcfg: TranscribeConfig) -> list[Hypothesis]:
+        encoded, encoded_len, lang_ids = outputs["encoded"], outputs["encoded_len"], outputs["lang_ids"]
+        batch = encoded.shape[0]
+        log_post = self.lid_log_posteriors(encoded) if self.lid_head is not None else None
+        avg = average_posteriors(log_post, encoded_len) if log_post is not None else None
+        hyps: list[Hypothesis | None] = [None] * batch
+        t_avg = torch.ones(batch, dtype=torch.double)
+        chosen: list[str] = [""] * batch
+
+        if lang_ids is not None:  # known language
+            for lang, rows in self._groups(lang_ids):
+                idx = list(range(batch)) if rows is None else rows.tolist()
+                sub = self._decode(lang, encoded[idx], encoded_len[idx])
+                for i, h in zip(idx, sub):
+                    hyps[i], chosen[i] = h, lang
+        elif not self.is_multisoftmax:  # vanilla: one union softmax; language from the script
+            hyps = self._decode(None, encoded, encoded_len)
+            for i, h in enumerate(hyps):
+                chosen[i] = self._script_language(h.text, avg[i] if avg is not None else None)
+        else:
+            hyps, chosen, t_avg = self._lid_free(encoded, encoded_len, log_post, avg, trcfg)
+
+        if trcfg.timestamps:
+            hyps = process_timestamp_outputs(
+                hyps, self.encoder.subsampling_factor, self.cfg["preprocessor"]["window_stride"]
+            )
+        for i, h in enumerate(hyps):
+            h.lang = chosen[i]
+            h.lang_posteriors = (
+                {lang: float(avg[i, j]) for j, lang in enumerate(self.languages)} if avg is not None else None
+            )
+            h.t_avg = float(t_avg[i])
+        return hyps
+
+    def _lid_free(self, encoded, encoded_len, log_post, avg, trcfg):
+        """Every language's decoder on the one encoder output; early stopping picks who runs to the end."""
+        batch, num_langs = encoded.shape[0], len(self.languages)
+        best = None
+        if log_post is not None:
+            tau, s_th = getattr(trcfg, "min_frames", None), getattr(trcfg, "threshold", None)
+            tau = self.cfg.lid_free.min_frames if tau is None else tau
+            s_th = self.cfg.lid_free.threshold if s_th is None else s_th
+            t_off, active, t_avg = early_stopping(log_post, encoded_len, min_frames=tau, threshold=s_th)
+            active, t_off = active.cpu(), t_off.cpu()
+            best = choose_language(avg.cpu(), active, t_off)
+            # The chosen decoder runs to the end even when the rule switched every decoder off.
+            run = active | torch.nn.functional.one_hot(best, num_langs).bool()
+            best = best.tolist()
+        else:  # no LID head: run all decoders, pick the best-scoring hypothesis
+            run = torch.ones(batch, num_langs, dtype=torch.bool)
+            t_avg = torch.full((batch,), float(num_langs), dtype=torch.double)
+        per_lang: list[dict[str, Hypothesis]] = [{} for _ in range(batch)]
+        for j, lang in enumerate(self.languages):
+            rows = run[:, j].nonzero(as_tuple=True)[0].tolist()
+            if not rows:
+                continue
+            sub = self._decode(lang, encoded[rows], encoded_len[rows])
+            for i, h in zip(rows, sub):
+                per_lang[i][lang] = h
+        if best is None:
+            best = [max(range(num_langs), key=lambda j, d=d: d[self.languages[j]].score) for d in per_lang]
+        hyps, chosen = [], []
+        for i in range(batch):
+            lang = self.languages[best[i]]
+            h = per_lang[i][lang]
+            h.lang_hypotheses = {k: v.text for k, v in per_lang[i].items()}
+            h.lang_scores = {k: float(v.score) for k, v in per_lang[i].items()}
+            hyps.append(h)
+            chosen.append(lang)
+        return hyps, chosen, t_avg.cpu()
+
+    def _script_language(self, text: str, avg: torch.Tensor | None) -> str:
+        """Language of a union-softmax hypothesis: most characters unique to one language (then LID, then first)."""
+        vocab = self.vocabularies
+        owners = {c: [lang for lang, labels in vocab.items() if c in labels] for c in set(text)}
+        counts = {lang: sum(1 for c in text if owners.get(c) == [lang]) for lang in vocab}
+        top = max(counts.values()) if counts else 0
+        if top > 0:
+            return max(counts, key=counts.get)
+        if avg is not None:
+            return self.languages[int(avg.argmax())]
+        return self.languages[0]
+
+    # ---- extraction ------------------------------------------------------------------------
+
+    def extract_language(self, lang: str) -> EncDecRNNTModel:
+        """A plain NeMo EncDecRNNTModel for ``lang``: shared encoder/preprocessor + that language's decoder and joint.
+
+        Multi-softmax: the language's embedding, (shared or LSP) prediction network and joint.
+        Vanilla: the union model with its embedding and softmax cut to ``lang``'s labels + blank.
+        The result saves as ``.nemo``, restores without nemo_tl and fine-tunes as a monolingual model.
+        """
+        if lang not in self.cfg.languages:
+            raise input_error(
+                f"unknown language {lang!r} (known: {', '.join(self.languages)})",
+                where="extract_language",
+                fix="use one of the model's languages",
+            )
+        if self.architecture == "onehot":
+            raise input_error(
+                "the onehot model's encoder needs the language one-hot, so it has no plain NeMo equivalent",
+                where="model.architecture",
+                fix="extract from a multisoftmax (or vanilla) model",
+            )
+        labels = self.vocabularies[lang]
+        cfg = OmegaConf.to_container(self.cfg, resolve=True)
+        for key in _OWN_KEYS:
+            cfg.pop(key, None)
+        cfg["target"] = f"{EncDecRNNTModel.__module__}.{EncDecRNNTModel.__name__}"
+        cfg["labels"] = labels
+        dec = {k: v for k, v in cfg["decoder"].items() if k not in ("vocab_sizes", "language_specific_prediction")}
+        dec.update({"_target_": _NEMO_DECODER, "vocab_size": len(labels)})
+        joint = {k: v for k, v in cfg["joint"].items() if k != "vocabularies"}
+        joint.update({"_target_": _NEMO_JOINT, "num_classes": len(labels), "vocabulary": labels})
+        cfg["decoder"], cfg["joint"] = dec, joint
+        for key in ("train_ds", "validation_ds", "test_ds"):
+            if cfg.get(key) is not None:
+                ds = {k: v for k, v in cfg[key].items() if k != "mixing"}
+                ds.update({"manifest_filepath": None, "labels": labels})
+                cfg[key] = ds
+        mono = EncDecRNNTModel(cfg=OmegaConf.create(cfg))
+        mono.preprocessor.load_state_dict(self.preprocessor.state_dict())
+        mono.encoder.load_state_dict(self.encoder.state_dict())
+        if self.is_multisoftmax:
+            mono.decoder.load_state_dict(self.decoder[lang].state_dict())
+            mono.joint.load_state_dict(self.joint[lang].state_dict())
+        else:
+            union = list(self.cfg.labels)
+            keep = torch.tensor([union.index(c) for c in labels] + [len(union)])  # + blank
+            dec_state = self.decoder.state_dict()
+            dec_state["prediction.embed.weight"] = dec_state["prediction.embed.weight"][keep]
+            mono.decoder.load_state_dict(dec_state)
+            joint_state = self.joint.state_dict()
+            last = max(k for k in joint_state if k.startswith("joint_net.") and k.endswith(".weight"))
+            for key in (last, last.replace(".weight", ".bias")):
+                joint_state[key] = joint_state[key][keep]
+            mono.joint.load_state_dict(joint_state)
+        return mono

@@ -1,0 +1,398 @@
+"""MultiSoftmaxRNNTModel on a tiny 3-language model and tone audio: training isolation, LID, decoding, I/O."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from nemo.collections.asr.models import EncDecRNNTModel
+from omegaconf import OmegaConf
+
+from nemo_tl.data.synthetic import make_tone_manifest, write_manifest
+from nemo_tl.decoding.multilingual_eval import evaluate, format_table, language_wers, plot_sweep, sweep, werr
+from nemo_tl.errors import InputError
+from nemo_tl.losses.lid import frame_lid_loss
+from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
+from tests.conftest import CONF
+from tests.helpers import cpu_trainer, snapshot
+
+LANGS = {"en": list(" abcdefgh"), "ru": list(" абвгдеж"), "hi": list(" कखगघचछ")}
+TEXTS = {"en": ["abc", "bad", "cafe", "head"], "ru": ["абв", "где", "жаба", "вед"], "hi": ["कख", "गघ", "चछ", "कग"]}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny LSTMs and convolutions run many times faster on one thread on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def ms_cfg(**overrides):
+    """conf/multisoftmax_rnnt.yaml with the 3 tiny languages, a tiny encoder and small RNN-T sizes."""
+    cfg = OmegaConf.load(os.path.join(CONF, "multisoftmax_rnnt.yaml")).model
+    tiny = OmegaConf.load(os.path.join(CONF, "quartznet_tiny.yaml")).model
+    cfg.languages = {lang: {"labels": labels} for lang, labels in LANGS.items()}
+    cfg.preprocessor.features = 40
+    cfg.spec_augment = None
+    cfg.encoder = tiny.encoder
+    cfg.model_defaults = {"enc_hidden": 128, "pred_hidden": 32, "joint_hidden": 32}
+    cfg.decoder.prednet.dropout = 0.0
+    cfg.joint.jointnet.dropout = 0.0
+    cfg.decoding.greedy.max_symbols = 3  # untrained models emit many symbols per frame: keep decoding short
+    for ds in (cfg.train_ds, cfg.validation_ds):
+        ds.batch_size, ds.num_workers = 4, 0
+    cfg = OmegaConf.merge(cfg, OmegaConf.create(overrides))
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("ms_data"))
+    return {
+        lang: make_tone_manifest(d, TEXTS[lang], name=lang, lang=lang, seed=10 * i) for i, lang in enumerate(LANGS)
+    }
+
+
+def files(manifest, n=2):
+    with open(manifest, encoding="utf-8") as f:
+        return [json.loads(line)["audio_filepath"] for line in f][:n]
+
+
+def lang_batch(model, manifest):
+    """All utterances of one manifest as one collated batch (signal, len, tokens, len, lang_ids)."""
+    ds = model._manifest_dataset(OmegaConf.create({"manifest_filepath": manifest, "sample_rate": 16000}))
+    return ds.collate_fn([ds[i] for i in range(len(ds))])
+
+
+def specific_params(model, lang):
+    """Parameters that must belong to ``lang`` alone, found by name (embedding, joint; LSP: LSTM)."""
+    prefixes = [f"decoder.decoders.{lang}.prediction.embed.", f"joint.joints.{lang}."]
+    if model.cfg.language_specific_prediction:
+        prefixes.append(f"decoder.decoders.{lang}.")
+    return {n: p for n, p in model.named_parameters(remove_duplicate=False) if n.startswith(tuple(prefixes))}
+
+
+def test_each_language_has_its_own_joint_and_softmax(manifests):
+    model = MultiSoftmaxRNNTModel(ms_cfg())
+    signal, signal_len, tokens, tokens_len, lang_ids = lang_batch(model, manifests["ru"])
+    encoded, encoded_len = model.encode(signal, signal_len)
+    batch, _, frames = encoded.shape
+    for lang, labels in LANGS.items():
+        g, _, _ = model.decoder(targets=tokens, target_length=tokens_len, lang=lang)
+        assert g.shape == (batch, 32, tokens.shape[1] + 1)
+        out = model.joint(encoder_outputs=encoded, decoder_outputs=g, lang=lang)
+        assert out.shape == (batch, frames, tokens.shape[1] + 1, len(labels) + 1)  # labels + blank
+        assert model.decoder[lang].prediction["embed"].num_embeddings == len(labels) + 1
+    assert lang_ids.tolist() == [1] * batch
+    # Shared prediction network: one LSTM object in every language's decoder.
+    lstm = {id(model.decoder[lang].prediction["dec_rnn"]) for lang in LANGS}
+    assert len(lstm) == 1
+    lsp = MultiSoftmaxRNNTModel(ms_cfg(language_specific_prediction=True))
+    assert len({id(lsp.decoder[lang].prediction["dec_rnn"]) for lang in LANGS}) == 3
+    assert model.lid_head(encoded).shape == (batch, frames, 3)
+
+
+@pytest.mark.parametrize("optim,lsp", [("novograd", False), ("adamw", True)])
+def test_batch_updates_shared_and_its_language_only(manifests, optim, lsp):
+    model = MultiSoftmaxRNNTModel(ms_cfg(language_specific_prediction=lsp))
+    model.train()
+    optimizer, _ = model.setup_optimization(OmegaConf.create({"name": optim, "lr": 0.05, "weight_decay": 0.1}))
+
+    def step(lang):
+        optimizer.zero_grad(set_to_none=True)
+        loss, _, _, _ = model._losses(lang_batch(model, manifests[lang]))
+        loss.backward()
+        optimizer.step()
+
+    step("en")  # en's parameters now have momentum / moment estimates
+    before_params = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+    optimizer.zero_grad(set_to_none=True)
+    loss, _, _, _ = model._losses(lang_batch(model, manifests["ru"]))
+    loss.backward()
+    for lang in ("en", "hi"):
+        assert all(p.grad is None for p in specific_params(model, lang).values()), lang
+    assert all(p.grad is not None for p in specific_params(model, "ru").values())
+    optimizer.step()
+
+    for lang in ("en", "hi"):  # no gradient, no momentum, no weight decay: bit-identical
+        for name, p in specific_params(model, lang).items():
+            assert torch.equal(p.detach(), before_params[name]), name
+    assert all(not torch.equal(p.detach(), before_params[n]) for n, p in specific_params(model, "ru").items())
+    shared = {n: p for n, p in model.named_parameters() if n.startswith(("encoder.", "lid_head."))}
+    assert all(not torch.equal(p.detach(), before_params[n]) for n, p in shared.items() if p.dim() > 1)
+
+
+def test_lid_loss_reaches_encoder_and_head_only(manifests):
+    model = MultiSoftmaxRNNTModel(ms_cfg())
+    signal, signal_len, _, _, lang_ids = lang_batch(model, manifests["hi"])
+    encoded, encoded_len = model.encode(signal, signal_len)
+    frame_lid_loss(model.lid_head(encoded), encoded_len, lang_ids).backward()
+    assert all(p.grad is None for p in model.decoder.parameters())
+    assert all(p.grad is None for p in model.joint.parameters())
+    assert all(p.grad is not None for p in model.lid_head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    # Padded frames (beyond each encoder length) do not count.
+    assert int(encoded_len.min()) < encoded.shape[-1]
+    loss, parts, _, _ = model._losses(lang_batch(model, manifests["hi"]))
+    assert loss.item() == pytest.approx((parts["rnnt_loss"] + model.cfg.lid.weight * parts["lid_loss"]).item())
+
+
+def test_lid_free_decoding_equals_per_language_decoding(manifests):
+    model = MultiSoftmaxRNNTModel(ms_cfg())
+    model.eval()
+    audio = [f for lang in LANGS for f in files(manifests[lang])]
+    free = model.transcribe(audio, batch_size=3, verbose=False, min_frames=math.inf)
+    known = {lang: model.transcribe(audio, batch_size=3, verbose=False, lang=lang) for lang in LANGS}
+    for i, h in enumerate(free):
+        assert set(h.lang_hypotheses) == set(LANGS)
+        for lang in LANGS:
+            assert h.lang_hypotheses[lang] == known[lang][i].text
+        best = max(h.lang_posteriors, key=h.lang_posteriors.get)
+        assert h.lang == best and h.text == known[best][i].text
+        assert h.t_avg == 3.0
+        assert sum(h.lang_posteriors.values()) == pytest.approx(1.0)
+        assert known["ru"][i].lang == "ru" and known["ru"][i].t_avg == 1.0
+    # Early stopping on: the answer is the known-language decoding of a language still on.
+    stopped = model.transcribe(audio, batch_size=3, verbose=False, min_frames=0, threshold=0.0)
+    for i, h in enumerate(stopped):
+        assert h.lang in h.lang_hypotheses and h.text == known[h.lang][i].text
+        assert 0.0 < h.t_avg < 3.0
+    # A language per file.
+    per_file = model.transcribe(audio[:3], batch_size=2, verbose=False, lang=["hi", "en", "ru"])
+    assert [h.text for h in per_file] == [known[lang][i].text for i, lang in enumerate(["hi", "en", "ru"])]
+
+
+def test_lid_free_without_lid_head_picks_the_best_scoring_decoder(manifests):
+    model = MultiSoftmaxRNNTModel(ms_cfg(lid={"enabled": False}))
+    model.eval()
+    assert model.lid_head is None
+    for h in model.transcribe(files(manifests["hi"], 2), verbose=False):
+        assert h.lang_posteriors is None and h.t_avg == 3.0
+        assert set(h.lang_scores) == set(LANGS)
+        assert h.lang == max(h.lang_scores, key=h.lang_scores.get) and h.text == h.lang_hypotheses[h.lang]
+
+
+def test_full_model_nemo_round_trip(manifests, tmp_path):
+    model = MultiSoftmaxRNNTModel(ms_cfg(language_specific_prediction=True))
+    model.eval()
+    path = str(tmp_path / "ms.nemo")
+    model.save_to(path)
+    restored = MultiSoftmaxRNNTModel.restore_from(path, map_location="cpu")
+    restored.eval()
+    assert restored.languages == list(LANGS)
+    a, b = snapshot(model), snapshot(restored)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    audio = files(manifests["hi"], 2) + files(manifests["en"], 1)
+    before, after = model.transcribe(audio, verbose=False), restored.transcribe(audio, verbose=False)
+    assert [(h.text, h.lang, h.t_avg) for h in before] == [(h.text, h.lang, h.t_avg) for h in after]
+
+
+def test_extracted_language_is_plain_nemo_and_fine_tunes_without_nemo_tl(manifests, tmp_path):
+    model = MultiSoftmaxRNNTModel(ms_cfg())
+    model.eval()
+    mono = model.extract_language("ru")
+    assert type(mono) is EncDecRNNTModel and list(mono.cfg.labels) == LANGS["ru"]
+    path = str(tmp_path / "ru.nemo")
+    mono.save_to(path)
+    audio = files(manifests["ru"], 2)
+    expected = [h.text for h in model.transcribe(audio, batch_size=1, verbose=False, lang="ru")]
+    code = (
+        "import json, sys\n"
+        "import lightning.pytorch as pl, torch\n"
+        "from nemo.collections.asr.models import ASRModel\n"
+        "m = ASRModel.restore_from(sys.argv[1], map_location='cpu')\n"
+        "m.eval()\n"
+        "texts = [h.text for h in m.transcribe(json.loads(sys.argv[2]), batch_size=1, use_lhotse=False, verbose=False)]\n"
+        "m.setup_training_data({'manifest_filepath': sys.argv[3], 'sample_rate': 16000, 'labels': list(m.cfg.labels),\n"
+        "    'batch_size': 4, 'shuffle': False, 'num_workers': 0, 'parser': 'base'})\n"
+        "before = m.joint.joint_net[-1].weight.detach().clone()\n"
+        "t = pl.Trainer(max_steps=1, accelerator='cpu', logger=False, enable_checkpointing=False,\n"
+        "    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)\n"
+        "m.set_trainer(t); t.fit(m)\n"
+        "print('RESULT', json.dumps({'class': type(m).__name__, 'texts': texts, 'nemo_tl': 'nemo_tl' in sys.modules,\n"
+        "    'moved': not torch.equal(before, m.joint.joint_net[-1].weight.detach())}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    run = subprocess.run(
+        [sys.executable, "-c", code, path, json.dumps(audio), manifests["ru"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line is not None, (run.stdout + run.stderr)[-3000:]
+    result = json.loads(line[len("RESULT ") :])
+    assert result == {"class": "EncDecRNNTModel", "texts": expected, "nemo_tl": False, "moved": True}
+
+
+def test_vanilla_and_onehot_baselines(manifests):
+    vanilla = MultiSoftmaxRNNTModel(ms_cfg(architecture="vanilla"))
+    union = [c for labels in LANGS.values() for c in labels if c != " "]
+    assert vanilla.joint.num_classes_with_blank == len(union) + 2  # + space + blank
+    batch = lang_batch(vanilla, manifests["hi"])
+    assert batch[2].max() >= len(LANGS["en"])  # hi tokens are union ids
+    loss, _, _, _ = vanilla._losses(batch)
+    assert torch.isfinite(loss)
+    hyp = vanilla.transcribe(files(manifests["hi"], 1), verbose=False)[0]
+    assert hyp.lang in LANGS and hyp.t_avg == 1.0
+    mono = vanilla.extract_language("en")
+    assert mono.joint.num_classes_with_blank == len(LANGS["en"]) + 1
+
+    onehot = MultiSoftmaxRNNTModel(ms_cfg(architecture="onehot", lid={"enabled": False}))
+    assert onehot.cfg.encoder.feat_in == 40 + 3 and onehot.lid_head is None
+    signal, signal_len, tokens, tokens_len, lang_ids = lang_batch(onehot, manifests["ru"])
+    enc_ru, _ = onehot.encode(signal, signal_len, lang_ids)
+    enc_en, _ = onehot.encode(signal, signal_len, torch.zeros_like(lang_ids))
+    assert not torch.allclose(enc_ru, enc_en)  # the one-hot reaches the encoder
+    assert onehot.transcribe(files(manifests["ru"], 1), lang="ru", verbose=False)[0].lang == "ru"
+    with pytest.raises(InputError, match="lang"):
+        onehot.transcribe(files(manifests["ru"], 1), verbose=False)
+
+
+def test_hydra_baseline_configs_differ_only_in_architecture():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        ms, van, one = (compose(config_name=n) for n in ("multisoftmax_rnnt", "vanilla_rnnt", "onehot_rnnt"))
+    assert (ms.model.architecture, van.model.architecture, one.model.architecture) == (
+        "multisoftmax",
+        "vanilla",
+        "onehot",
+    )
+    assert van.model.languages == ms.model.languages and van.model.train_ds == ms.model.train_ds
+    assert ms.model.train_ds.mixing == {"per_batch": True, "weights": "hours"}
+
+
+def test_multilingual_metrics_exact():
+    wers = language_wers(["a b", "c", "x y z"], ["a b", "c d", "x y"], ["en", "en", "hi"])
+    assert wers["en"] == (pytest.approx(100 / 4), 4)  # one deletion in 4 words
+    assert wers["hi"] == (pytest.approx(50.0), 2)  # one insertion in 2 words
+    assert wers["avg"] == (pytest.approx(100 * 2 / 6), 6)  # word-weighted: (1 + 1) / (4 + 2)
+    assert werr(22.86, 23.97) == pytest.approx(4.63, abs=0.01)  # Joshi et al. Table 2, multi-softmax
+    assert werr(32.45, 23.97) < 0
+
+
+def test_evaluation_modes_and_sweep(manifests, tmp_path):
+    model = MultiSoftmaxRNNTModel(ms_cfg())
+    model.eval()
+    sets = list(manifests.values())
+    rows = {mode: evaluate(model, sets, mode, batch_size=6) for mode in ("known", "lid_free", "oracle")}
+    assert rows["known"].wers == rows["oracle"].wers  # independent decoders: oracle = known language
+    assert rows["known"].t_avg == 1.0 and rows["oracle"].t_avg == 3.0
+    assert 0 <= rows["lid_free"].lid_accuracy <= 100
+    lid_free = rows["lid_free"]
+    expected = 100 * sum(p == t for p, t in zip(lid_free.predicted, lid_free.langs)) / len(lid_free.langs)
+    assert lid_free.lid_accuracy == pytest.approx(expected)
+    table = format_table(rows, model.languages, baseline=rows["known"])
+    assert table.splitlines()[0].split("\t")[:4] == ["model", "en", "ru", "hi"]
+    points = sweep(model, sets, [(math.inf, math.inf), (0, 0.0)], batch_size=6)
+    assert points[0]["t_avg"] == 3.0 and points[1]["t_avg"] < 3.0
+    png = plot_sweep(points, str(tmp_path / "sweep.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+class _LanguagesSeen(pl.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(sorted(set(batch[-1].tolist())))
+
+
+@pytest.mark.parametrize("architecture", ["multisoftmax", "onehot"])
+def test_lightning_fit_with_one_language_per_batch(manifests, architecture):
+    model = MultiSoftmaxRNNTModel(ms_cfg(architecture=architecture))
+    seen = _LanguagesSeen()
+    trainer = cpu_trainer(3, callbacks=[seen], limit_val_batches=1)
+    model.set_trainer(trainer)
+    train = OmegaConf.merge(model.cfg.train_ds, {"manifest_filepath": list(manifests.values())})
+    model.setup_training_data(train)
+    model.setup_multiple_validation_data(
+        OmegaConf.merge(model.cfg.validation_ds, {"manifest_filepath": [manifests["en"], manifests["hi"]]})
+    )
+    before = snapshot(model.encoder)
+    trainer.fit(model)
+    assert len(seen.seen) == 3 and all(len(s) == 1 for s in seen.seen)
+    assert any(not torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+    assert math.isfinite(float(trainer.callback_metrics["train_loss"]))
+    assert "val_wer" in trainer.callback_metrics
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry,match",
+    [
+        ({"lang": None}, r"bad\.json:2.*lang"),
+        ({"lang": "fr"}, r"bad\.json:2.*'fr'"),
+        ({"text": "кa"}, r"bad\.json:2.*'a'"),  # 'a' is an English label, not a Russian one
+    ],
+)
+def test_bad_manifest_lines_stop_before_training(manifests, tmp_path, entry, match):
+    with open(manifests["ru"], encoding="utf-8") as f:
+        good = json.loads(f.readline())
+    bad = {**good, **entry}
+    if bad["lang"] is None:
+        del bad["lang"]
+    path = write_manifest(str(tmp_path / "bad.json"), [good, bad])
+    model = MultiSoftmaxRNNTModel(ms_cfg())
+    with pytest.raises(InputError, match=match):
+        model.setup_training_data(OmegaConf.merge(model.cfg.train_ds, {"manifest_filepath": [path]}))
+
+
+@pytest.mark.parametrize(
+    "languages,match",
+    [
+        ({"en": {"labels": list(" ab")}, "ru": {"labels": []}}, r"model\.languages\.ru\.labels.*empty"),
+        ([{"name": "en", "labels": list(" ab")}, {"name": "en", "labels": list(" cd")}], r"'en' is given twice"),
+        ({"en": {"labels": list(" aab")}}, r"model\.languages\.en\.labels.*'a'"),
+        ({}, r"model\.languages"),
+    ],
+)
+def test_bad_language_configs(languages, match):
+    cfg = ms_cfg()
+    cfg.languages = languages
+    with pytest.raises(InputError, match=match):
+        MultiSoftmaxRNNTModel(cfg)
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"languages": {"en": {"labels": 5}}}, r"model\.languages\.en\.labels"),
+        ({"lid": {"enabled": True, "weight": "high"}}, r"model\.lid\.weight"),
+        ({"lid": {"enabled": True, "wieght": 1.0}}, r"model\.lid\.wieght"),
+        ({"lid_free": {"min_frames": -1, "threshold": 0.5}}, r"model\.lid_free\.min_frames"),
+    ],
+)
+def test_bad_lid_and_label_values(changes, match):
+    cfg = ms_cfg()
+    for key, value in changes.items():
+        cfg[key] = value
+    with pytest.raises(InputError, match=match):
+        MultiSoftmaxRNNTModel(cfg)
+
+
+def test_bad_architecture_and_transcribe_languages(manifests):
+    with pytest.raises(InputError, match="model.architecture"):
+        MultiSoftmaxRNNTModel(ms_cfg(architecture="mixture"))
+    with pytest.raises(InputError, match="model.language_specific_prediction"):
+        MultiSoftmaxRNNTModel(ms_cfg(architecture="vanilla", language_specific_prediction=True))
+    model = MultiSoftmaxRNNTModel(ms_cfg())
+    with pytest.raises(InputError, match="unknown language"):
+        model.transcribe(files(manifests["en"], 1), lang="fr", verbose=False)
+    with pytest.raises(InputError, match="2 languages for 1 files"):
+        model.transcribe(files(manifests["en"], 1), lang=["en", "ru"], verbose=False)
+    with pytest.raises(InputError, match="unknown language"):
+        model.extract_language("fr")
