@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         results["runs"]["base"] = {"curve": curve.points, **timer.summary()}
         print(f"base: {curve.points[-1]} ({time.time() - t0:.0f} s)", flush=True)
 
+    # Every fine-tuning run writes the target alphabet plus the source letters it lacks, so that the
+    # replay run (which trains on source text too) and the others share one vocabulary.
+    labels = labels_for(tgt) + [c for c in labels_for(src) if c not in labels_for(tgt)]
     base = ASRModel.restore_from(str(base_path), map_location="cpu")
     n_blocks = len(base.encoder.encoder)
     results["base_dev"] = {lang: r for lang, r in zip(dev, evaluate_manifests(base.eval(), list(dev.values())).values())}
@@ -172,27 +175,31 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, transfer, replay, lr in runs:
         torch.manual_seed(args.seed)
-        train = data_cfg(corpus[tgt]["train"], labels_for(tgt), args.batch, True)
+        train = data_cfg(corpus[tgt]["train"], labels, args.batch, True)
         if replay:
             train["manifest_filepath"] = [corpus[tgt]["train"], corpus[src]["train"]]
             train["mixing"] = {"weights": [1 - args.replay, args.replay], "seed": args.seed}
         curve, timer = DevCurve(dev, args.eval_every), StepTimer()
         tr = trainer(args.steps, [curve, timer])
-        model = TransferCTCModel.from_base(base, labels=labels_for(tgt), cfg={"train_ds": train, "optim": optim(lr)},
+        model = TransferCTCModel.from_base(base, labels=labels, cfg={"train_ds": train, "optim": optim(lr)},
                                            trainer=tr, **transfer)
         trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
         tr.fit(model)
         results["runs"][name] = {"curve": curve.points, "trainable": trainable, **timer.summary(),
                                  "steps_to_90": steps_to_90(curve.points, tgt)}
         print(f"{name}: {curve.points[-1]} ({time.time() - t0:.0f} s)", flush=True)
+        md = save(results, src, tgt, out)  # after every run, so an interrupted job keeps what it did
+    print(md)
+    print(f"total {time.time() - t0:.0f} s")
+    return 0
 
+
+def save(results: dict, src: str, tgt: str, out: Path) -> str:
     md = report(results, src, tgt)
     (out / "results.md").write_text(md + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     plot(results, tgt, out / "curves.png")
-    print(md)
-    print(f"total {time.time() - t0:.0f} s")
-    return 0
+    return md
 
 
 def report(results: dict, src: str, tgt: str) -> str:

@@ -10,6 +10,7 @@ import filecmp
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 
 import pytest
@@ -160,20 +161,37 @@ def test_hours_target_and_accent_lang_from_cli(tmp_path):
         assert {e["lang"] for e in entries} == {"en-029"}
 
 
+_RENDER_IN_FRESH_PROCESS = """
+import json, sys
+from nemo_tl.data.synth_corpus import Utterance, get_backend, render
+assert "espeakng_loader" not in sys.modules
+utt = Utterance(sys.argv[1], "zwei drei", "de+f2", 175, 50, 0.8, 35.0, 0)
+print(json.dumps(render(utt, get_backend("libespeak-ng"))))
+"""
+
+
 @pytest.mark.parametrize("backend", ["espeakng-loader", "libespeak-ng", "cli"])
 def test_backend_synthesizes_speech(backend, tmp_path):
     if backend == "espeakng-loader":
         pytest.importorskip("espeakng_loader")
-    if backend == "libespeak-ng" and "espeakng_loader" in sys.modules:
-        pytest.skip("the wheel's libespeak-ng (same soname) is already loaded in this process")
-    try:
-        engine = get_backend(backend)
-    except InputError:
-        pytest.skip(f"{backend} not installed")
     utt = Utterance(str(tmp_path / "x.wav"), "zwei drei", "de+f2", 175, 50, 0.8, 35.0, 0)
-    # In a forked child: libespeak-ng state (pitch flutter) must not change in the test process.
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        duration = pool.apply(render, (utt, engine))
+    if backend == "libespeak-ng" and "espeakng_loader" in sys.modules:
+        # The wheel's libespeak-ng (same soname) is loaded in this process: use a fresh interpreter.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        run = subprocess.run(
+            [sys.executable, "-c", _RENDER_IN_FRESH_PROCESS, utt.path],
+            capture_output=True, text=True, timeout=300, cwd=root,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        duration = json.loads(run.stdout.strip().splitlines()[-1])
+    else:
+        try:
+            engine = get_backend(backend)
+        except InputError:
+            pytest.skip(f"{backend} not installed")
+        # In a forked child: libespeak-ng state (pitch flutter) must not change in the test process.
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            duration = pool.apply(render, (utt, engine))
     audio, rate = sf.read(utt.path)
     assert rate == 16000 and 0.4 < duration < 3.0 and audio.std() > 0.05
 

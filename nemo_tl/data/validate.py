@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from nemo_tl.data.manifest import AUDIO_KEYS, flatten_manifest_filepath, iter_manifest_lines, resolve_audio_path
 from nemo_tl.errors import InputError, input_error
 
-__all__ = ["Problem", "check_dataset_config", "load_labels", "main", "validate_manifest"]
+__all__ = ["Problem", "check_dataset_config", "check_dataset_options", "load_labels", "main", "validate_manifest"]
 
 DURATION_TOLERANCE = 0.10  # relative difference allowed between "duration" and the audio's length
 REPORT_LIMIT = 50  # problems listed in an InputError message
@@ -608,6 +608,61 @@ def format_report(problems: Sequence[Problem], limit: int = REPORT_LIMIT) -> str
     return "\n".join(lines)
 
 
+# Dataset options whose wrong type NeMo reports late or not at all ("false" as a string is true).
+_OPTION_TYPES: dict[str, tuple[str, str]] = {
+    "batch_size": ("positive int", "e.g. batch_size: 32"),
+    "num_workers": ("int >= 0", "e.g. num_workers: 4"),
+    "sample_rate": ("positive int", "e.g. sample_rate: 16000"),
+    "max_duration": ("number or null", "e.g. max_duration: 16.7"),
+    "min_duration": ("number or null", "e.g. min_duration: 0.1"),
+    "shuffle": ("bool", "write true or false, without quotes"),
+    "skip_invalid": ("bool", "write true or false, without quotes"),
+    "trim_silence": ("bool", "write true or false, without quotes"),
+    "normalize_transcripts": ("bool", "write true or false, without quotes"),
+}
+_NEMO_TL_DATASET_KEYS = ("skip_invalid", "mixing")
+
+
+def _option_ok(kind: str, value: Any) -> bool:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "positive int":
+        return is_int and value > 0
+    if kind == "int >= 0":
+        return is_int and value >= 0
+    if kind == "number or null":
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)
+    return isinstance(value, bool)
+
+
+def check_dataset_options(config: Mapping, section: str | None = None) -> None:
+    """Raise InputError for a dataset option of the wrong type or a misspelt nemo_tl key.
+
+    Checks the types of ``batch_size``, ``num_workers``, ``sample_rate``, ``min/max_duration`` and
+    the flags (``skip_invalid``, ``shuffle``, ...), and refuses keys one letter or so away from
+    nemo_tl's own dataset keys (``skip_invalids`` → ``skip_invalid``), which NeMo would ignore.
+    """
+    import difflib
+
+    prefix = f"{section}." if section else ""
+    for key, (kind, fix) in _OPTION_TYPES.items():
+        if key not in config:
+            continue
+        value = _select(config, key) if isinstance(config, DictConfig) else config[key]
+        if value is not None or kind == "number or null":
+            if not _option_ok(kind, value):
+                raise input_error(f"must be a {kind}, got {value!r}", where=f"{prefix}{key}", fix=fix)
+    for key in config:
+        if key in _NEMO_TL_DATASET_KEYS:
+            continue
+        close = difflib.get_close_matches(str(key), _NEMO_TL_DATASET_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise input_error(
+                f"unknown key {key!r}; NeMo would ignore it silently",
+                where=f"{prefix}{key}",
+                fix=f"did you mean {close[0]!r}? rename it",
+            )
+
+
 def check_dataset_config(
     config: DictConfig,
     *,
@@ -632,6 +687,7 @@ def check_dataset_config(
     """
     if isinstance(config, Mapping) and not isinstance(config, DictConfig):
         config = OmegaConf.create(dict(config))
+    check_dataset_options(config, section)
     value = config.get("manifest_filepath")
     if value is None:
         return config

@@ -1,4 +1,4 @@
-"""Data set-up shared by every nemo_tl model: manifest validation and mixed-manifest loading.
+"""What every nemo_tl model shares: manifest validation, mixed-manifest loading, resume, NaN skipping, safe saves.
 
 Every nemo_tl model lists :class:`ManifestDataMixin` FIRST in its bases (``class
 TransferCTCModel(ManifestDataMixin, EncDecCTCModel)``), so that its hooks run before NeMo's and
@@ -18,24 +18,45 @@ hand over to them with ``super()``:
   trainer (its rank / world size differ from the trainer's), so ranks never share batches.
 - ``on_save_checkpoint`` / ``on_load_checkpoint``: the mixed sampler's position (epoch and
   batches trained in it) travels in the Lightning checkpoint under ``"nemo_tl_mixing"``, so a
-  mid-epoch resume continues the epoch's sequence.
+  mid-epoch resume continues the epoch's sequence; the RNG states of torch, numpy and ``random``
+  (dither, spec_augment, dropout) of every rank travel under ``"nemo_tl_rng"`` and are put back
+  at the first training batch after the resume, so a resumed CPU run repeats an uninterrupted one.
+- ``training_step`` (also a ``training_step`` that a subclass defines, wrapped by
+  ``__init_subclass__``): a NaN or Inf loss skips the step: the step returns a stand-in loss
+  that reaches no parameter, so no gradient exists and the optimizer leaves every weight as it
+  was (Lightning refuses a None from ``training_step`` under DDP). The decision is summed over
+  DDP ranks so every rank skips together (no rank waits for another's gradients). Warned about
+  and counted in ``skipped_nonfinite_steps`` (logged).
+- ``restore_from``: InputError naming the file when it holds a model of another class.
+- ``save_to``: atomic (temporary file beside the target, then rename), so a run killed while
+  saving keeps the previous ``.nemo``. ``setup`` gives the trainer an
+  :class:`~nemo_tl.utils.checkpoint_io.AtomicCheckpointIO` when it uses Lightning's default one.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
-from collections.abc import Iterator, Mapping
+import random
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from nemo_tl.data.mixing import MixedBatchSampler, build_mixed_dataloader
 from nemo_tl.errors import input_error
+from nemo_tl.utils.atomic import atomic_path
+from nemo_tl.utils.checkpoint_io import use_atomic_checkpoint_io
 
 CHECKPOINT_KEY = "nemo_tl_mixing"
+RNG_CHECKPOINT_KEY = "nemo_tl_rng"
+SKIPPED_CHECKPOINT_KEY = "nemo_tl_skipped_nonfinite_steps"
+SKIPPED_LOG_KEY = "skipped_nonfinite_steps"
 
 
 def _validator():
@@ -90,6 +111,42 @@ def check_unique_dataset_names(config: Mapping, section: str) -> list[str]:
     return names
 
 
+def _rng_states() -> dict[str, Any]:
+    """This process's CPU RNG states: torch, numpy and python ``random``."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+def skip_nonfinite_loss(training_step: Callable) -> Callable:
+    """Wrap a LightningModule ``training_step``: a NaN/Inf loss on any rank skips the step on every rank.
+
+    The model must have :meth:`ManifestDataMixin._nonfinite_guard`. Nested wrapped calls
+    (a wrapped step calling a wrapped ``super().training_step``) are checked once, at the outside.
+    """
+    if getattr(training_step, "_nemo_tl_guarded", False):
+        return training_step
+
+    @functools.wraps(training_step)
+    def guarded(self, *args, **kwargs):
+        if self.__dict__.get("_nemo_tl_in_step", False):
+            return training_step(self, *args, **kwargs)
+        self.__dict__["_nemo_tl_in_step"] = True
+        statistics = self._batchnorm_statistics()
+        try:
+            output = training_step(self, *args, **kwargs)
+        finally:
+            self.__dict__["_nemo_tl_in_step"] = False
+        return self._nonfinite_guard(output, statistics)
+
+    guarded._nemo_tl_guarded = True
+    return guarded
+
+
 class ManifestDataMixin:
     """Put before the NeMo model class in the bases of every nemo_tl model.
 
@@ -100,6 +157,97 @@ class ManifestDataMixin:
 
     mixing_returns_manifest_index: bool = False
     _dataset_section: str | None = None
+    _skipped_nonfinite_steps: int = 0
+    _pending_rng_states: dict[str, Any] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("training_step")
+        if step is not None:
+            cls.training_step = skip_nonfinite_loss(step)
+
+    # -- numerical faults
+    @skip_nonfinite_loss
+    def training_step(self, *args: Any, **kwargs: Any):
+        return super().training_step(*args, **kwargs)
+
+    @property
+    def skipped_nonfinite_steps(self) -> int:
+        """Training steps skipped so far because the loss was NaN or Inf (kept across resume)."""
+        return self._skipped_nonfinite_steps
+
+    def _batchnorm_statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(buffer, copy) of every BatchNorm running statistic that the step's forward may move."""
+        return [
+            (buf, buf.detach().clone())
+            for m in self.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if buf is not None
+        ]
+
+    def _nonfinite_guard(self, output: Any, statistics: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> Any:
+        """``output`` of a training step, or a gradient-free stand-in when a loss is not finite on any rank.
+
+        The stand-in ``{"loss": 0}`` is a fresh leaf: its backward touches no parameter, so every
+        ``.grad`` stays None and the optimizer skips every parameter, and under DDP no rank
+        launches a gradient all-reduce. A skipped step also puts back the BatchNorm statistics its
+        forward moved (``statistics``).
+        """
+        loss = output.get("loss") if isinstance(output, Mapping) else output
+        if not isinstance(loss, torch.Tensor):
+            return output
+        bad = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            bad = trainer.strategy.reduce(bad, reduce_op="sum")
+        skip = bool(bad.item() > 0)
+        if skip:
+            from nemo.utils import logging
+
+            self._skipped_nonfinite_steps += 1
+            with torch.no_grad():
+                for buf, saved in statistics:
+                    buf.copy_(saved)
+            mine = "" if torch.isfinite(loss.detach()).all() else f" (here: {loss.detach().flatten()[:1].item()})"
+            logging.warning(
+                f"non-finite training loss at global step {getattr(trainer, 'global_step', '?')}{mine}: "
+                f"step skipped on every rank, weights unchanged ({self._skipped_nonfinite_steps} skipped so far)"
+            )
+        if trainer is not None:
+            self.log(SKIPPED_LOG_KEY, float(self._skipped_nonfinite_steps), on_step=True, on_epoch=False,
+                     batch_size=1)
+        if skip:
+            return {"loss": torch.zeros((), dtype=loss.dtype, device=loss.device, requires_grad=True)}
+        return output
+
+    # -- .nemo files
+    @classmethod
+    def restore_from(cls, restore_path: str, *args: Any, **kwargs: Any):
+        """NeMo's ``restore_from``; InputError when the file holds a model of another class.
+
+        NeMo itself returns whatever class the archive names (a CTC model from
+        ``MultiSoftmaxRNNTModel.restore_from``), which then fails far from the cause.
+        """
+        instance = super().restore_from(restore_path, *args, **kwargs)
+        if kwargs.get("return_config") or (len(args) >= 4 and args[3]) or isinstance(instance, cls):
+            return instance
+        held = type(instance).__name__
+        raise input_error(
+            f"the file holds a {type(instance).__module__}.{held}, not a {cls.__name__}",
+            where=str(restore_path),
+            fix=f"restore it with {held}.restore_from(...) or ASRModel.restore_from(...)",
+        )
+
+    # -- atomic saves
+    def save_to(self, save_path: str) -> None:
+        """NeMo's ``save_to`` into a temporary file beside ``save_path``, renamed onto it when complete."""
+        from nemo.utils.get_rank import is_global_rank_zero
+
+        if not is_global_rank_zero():
+            return super().save_to(save_path)
+        with atomic_path(save_path) as tmp:
+            super().save_to(tmp)
 
     # -- data loaders
     @contextmanager
@@ -211,6 +359,8 @@ class ManifestDataMixin:
     def setup(self, stage: str | None = None) -> None:
         """NeMo's deferred set-up; then rebuild a mixed loader made before the trainer knew the DDP world."""
         super().setup(stage)
+        if getattr(self, "_trainer", None) is not None:
+            use_atomic_checkpoint_io(self._trainer)
         sampler = self.mixed_sampler
         if sampler is None or getattr(self, "_trainer", None) is None or stage not in (None, "fit"):
             return
@@ -257,9 +407,35 @@ class ManifestDataMixin:
         sampler = self.mixed_sampler
         if sampler is not None:
             checkpoint[CHECKPOINT_KEY] = sampler.state_dict(batches_done=self._batches_trained_this_epoch())
+        checkpoint[SKIPPED_CHECKPOINT_KEY] = self._skipped_nonfinite_steps
+        checkpoint[RNG_CHECKPOINT_KEY] = self._all_rank_rng_states()
+
+    def _all_rank_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states, by global rank (Lightning dumps checkpoints on all ranks)."""
+        states = _rng_states()
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return [states]
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, states)
+        return gathered
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int, *args: Any) -> Any:
+        if self._pending_rng_states is not None:
+            # Set here, not in on_load_checkpoint: making the resumed epoch's loader iterator draws
+            # from torch's RNG, which the uninterrupted run did at the start of the epoch.
+            _set_rng_states(self._pending_rng_states)
+            self._pending_rng_states = None
+        return super().on_train_batch_start(batch, batch_idx, *args)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        self._skipped_nonfinite_steps = int(checkpoint.get(SKIPPED_CHECKPOINT_KEY, 0))
+        ranks = checkpoint.get(RNG_CHECKPOINT_KEY)
+        if ranks:
+            rank, world = self._rank_and_world()
+            # Same world size: each rank its own states; otherwise every rank takes rank 0's.
+            self._pending_rng_states = ranks[rank] if len(ranks) == world else ranks[0]
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             return
