@@ -183,15 +183,21 @@ def bench(args, results: Results, workdir: str) -> None:
     online2 = DistillCTCModel(cfg=distill_cfg(args, manifest, teacher_paths, None))
     cache1 = DistillCTCModel(cfg=distill_cfg(args, manifest, teacher_paths[:1], cache_dir))
     cache2 = DistillCTCModel(cfg=distill_cfg(args, manifest, teacher_paths, cache_dir))
-    batch = tuple(t.to(device) for t in next(iter(cache2._train_dl)))  # audio, lengths, tokens, lengths, sample ids
+    # audio, lengths, tokens, lengths, sample ids, and the teachers' cached outputs as the loader's workers
+    # deliver them (on the CPU: the timed step includes moving them to the device).
+    from nemo_tl.distill.cache import CachedTeacherBatch
+
+    loaded = next(iter(cache2._train_dl))
+    batch = tuple(t.to(device) for t in loaded[:5])
+    cached = {1: CachedTeacherBatch(loaded[5].outputs[:1]), 2: loaded[5]}
 
     models = {
         "NeMo student alone (5x3)": (student_plain, 4),
         "student alone + σ head": (student_sigma, 4),
         "online, 1 teacher": (online1, 5),
         "online, 2 teachers": (online2, 5),
-        "cache, 1 teacher": (cache1, 5),
-        "cache, 2 teachers": (cache2, 5),
+        "cache, 1 teacher": (cache1, 6),
+        "cache, 2 teachers": (cache2, 6),
     }
     prepared = {}
     for name, (model, width) in models.items():
@@ -211,8 +217,9 @@ def bench(args, results: Results, workdir: str) -> None:
         variants = []
         for name, (model, optimizer, width) in prepared.items():
             teachers = [t.model for t in getattr(model, "teachers", [])] if "online" in name else []
+            steps_batch = (*batch, cached[len(model.teachers)]) if width == 6 else batch[:width]
             variants.append(
-                training_step_variant(name, model, optimizer, batch[:width], device, precision, also_resident=teachers)
+                training_step_variant(name, model, optimizer, steps_batch, device, precision, also_resident=teachers)
             )
 
         def teacher_fwd(precision=precision):

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.splitlines()[0])
     add_model_args(p)
     p.add_argument("--symbols-per-frame", type=float, default=None, help="default: chars / encoder frames")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="NeMo's greedy_batch decoding without CUDA graphs")
     args = p.parse_args(argv)
     finish_args(args, precisions=("fp32", "bf16"), warmup=2, steps=10)
     finish_model_args(args)
@@ -116,6 +117,13 @@ def bench(args, results: Results) -> None:
 
     device = args.device
     model = MultiSoftmaxRNNTModel(cfg=multilingual_cfg(args, "multisoftmax"))
+    if args.no_cuda_graphs:
+        from omegaconf import open_dict
+
+        decoding = model.cfg.decoding.copy()
+        with open_dict(decoding):
+            decoding.greedy.use_cuda_graph_decoder = False
+        model.change_decoding_strategy(decoding, verbose=False)
     model.to(device)
     model.eval()
     vocabularies = synthetic_vocabularies({lang: n for lang, (n, _) in LANGUAGES.items()})

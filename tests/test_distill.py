@@ -13,7 +13,7 @@ from nemo.collections.asr.models import ASRModel, EncDecCTCModel
 from omegaconf import OmegaConf
 
 from nemo_tl.data.synthetic import make_tone_manifest
-from nemo_tl.distill.cache import TeacherCache
+from nemo_tl.distill.cache import CachedTeacherBatch, TeacherCache
 from nemo_tl.distill.cache import main as cache_main
 from nemo_tl.errors import InputError
 from nemo_tl.models.distill_ctc import LOG_KEYS, DistillCTCModel
@@ -229,7 +229,9 @@ def test_cache_gives_the_same_losses_as_online_teachers(student, teacher_a, teac
     cached.load_state_dict(student.state_dict())
     cached.eval()
     batch = _first_batch(cached)
-    assert len(batch) == 5  # audio, lengths, transcripts, lengths, sample ids
+    # audio, lengths, transcripts, lengths, sample ids, and the teachers' outputs read by the loader
+    assert len(batch) == 6 and isinstance(batch[-1], CachedTeacherBatch)
+    assert _parts(cached, batch[:5]) == pytest.approx(_parts(cached, batch), rel=1e-6)  # read in the step: same
     _configure(student, teacher_weighting="confidence")
     _configure(cached, teacher_weighting="confidence")
     for model in (student, cached):
@@ -269,7 +271,7 @@ def test_cache_with_mixed_manifests(student, teacher_a, teacher_b, en_manifest, 
     cached.load_state_dict(student.state_dict())
     cached.eval()
     batches = list(cached._train_dl)
-    assert all(len(b) == 6 for b in batches)  # ... sample ids, manifest ids
+    assert all(len(b) == 7 and isinstance(b[-1], CachedTeacherBatch) for b in batches)  # ids, manifests, outputs
     assert {m for b in batches for m in b[5].tolist()} == {0, 1}
     for batch in batches[:2]:
         got, expected = _parts(cached, batch), _parts(student, batch[:4])

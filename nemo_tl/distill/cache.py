@@ -33,6 +33,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -348,3 +349,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@dataclass
+class CachedTeacherBatch:
+    """The cached outputs of every teacher for one training batch, attached to it by the loader."""
+
+    outputs: list[TeacherOutputs]
+
+    def on_device(self, device: torch.device | str) -> list[TeacherOutputs]:
+        """The outputs on ``device`` (Lightning has usually moved them already)."""
+        return [
+            o if o.log_probs.device == torch.device(device) else replace(
+                o,
+                log_probs=o.log_probs.to(device),
+                lengths=o.lengths.to(device),
+                logvar=None if o.logvar is None else o.logvar.to(device),
+                hidden={b: h.to(device) for b, h in o.hidden.items()},
+            )
+            for o in self.outputs
+        ]
+
+
+class CachedTeacherCollate:
+    """A loader ``collate_fn`` that appends every teacher's cached outputs to the collated batch.
+
+    Reading and padding the cache then happens in the DataLoader workers, in parallel with
+    training and prefetched, and Lightning moves the outputs to the device with the batch.
+    Batches must carry sample ids (index 4) and, when several datasets are joined, the
+    manifest index of each utterance (index 5).
+    """
+
+    def __init__(self, collate_fn: Any, caches: Sequence[TeacherCache], datasets: Sequence[Any]):
+        self.collate_fn, self.caches, self.datasets = collate_fn, list(caches), list(datasets)
+
+    def __call__(self, samples: Any) -> tuple:
+        batch = tuple(self.collate_fn(samples))
+        sample_ids = batch[4].tolist()
+        manifests = batch[5].tolist() if len(batch) > 5 else [0] * len(sample_ids)
+        keys = [utterance_key(self.datasets[m].get_manifest_sample(i)) for i, m in zip(sample_ids, manifests)]
+        return (*batch, CachedTeacherBatch([cache.read(keys) for cache in self.caches]))

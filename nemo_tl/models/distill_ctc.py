@@ -22,7 +22,14 @@ import torch
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_tl.distill.cache import TeacherCache, build_cache, manifest_list, utterance_key
+from nemo_tl.distill.cache import (
+    CachedTeacherBatch,
+    CachedTeacherCollate,
+    TeacherCache,
+    build_cache,
+    manifest_list,
+    utterance_key,
+)
 from nemo_tl.distill.config import DistillationConfig
 from nemo_tl.distill.objective import (
     distillation_loss,
@@ -185,10 +192,16 @@ class DistillCTCModel(TransferCTCModel):
                     where=f"model.distillation.cache (teacher {k})",
                 )
             )
+        # Read the cache in the loader's workers (parallel, prefetched), not in the training step.
+        collate = self._train_dl.collate_fn
+        collate = collate.collate_fn if isinstance(collate, CachedTeacherCollate) else collate
+        self._train_dl.collate_fn = CachedTeacherCollate(collate, self._caches, datasets)
 
     def _teacher_batch(self, batch: Any) -> list[TeacherOutputs]:
         """Every teacher's outputs on a training batch: from the caches by sample id, or online."""
         signal, signal_len = batch[0], batch[1]
+        if isinstance(batch[-1], CachedTeacherBatch):
+            return batch[-1].on_device(signal.device)
         if self._caches:
             if len(batch) < 5:
                 raise input_error(

@@ -177,14 +177,33 @@ class ManifestDataMixin:
         return self._skipped_nonfinite_steps
 
     def _batchnorm_statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(buffer, copy) of every BatchNorm running statistic that the step's forward may move."""
-        return [
-            (buf, buf.detach().clone())
-            for m in self.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+        """(buffer, copy) of every BatchNorm running statistic that the step's forward may move.
+
+        The BatchNorm modules are found once (again after ``setup``) and copied with one fused
+        ``_foreach_copy_`` into persistent tensors, so the guard costs a few kernels a step.
+        """
+        modules = self.__dict__.get("_nemo_tl_bn_modules")
+        if modules is None:
+            modules = [m for m in self.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            self.__dict__["_nemo_tl_bn_modules"] = modules
+        buffers = [
+            buf
+            for m in modules
+            if m.training
             for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
             if buf is not None
         ]
+        if not buffers:
+            return []
+        copies = self.__dict__.get("_nemo_tl_bn_copies")
+        if copies is None or len(copies) != len(buffers) or any(
+            c.shape != b.shape or c.dtype != b.dtype or c.device != b.device for c, b in zip(copies, buffers)
+        ):
+            copies = [torch.empty_like(b) for b in buffers]
+            self.__dict__["_nemo_tl_bn_copies"] = copies
+        with torch.no_grad():
+            torch._foreach_copy_(copies, buffers)
+        return list(zip(buffers, copies))
 
     def _nonfinite_guard(self, output: Any, statistics: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> Any:
         """``output`` of a training step, or a gradient-free stand-in when a loss is not finite on any rank.
@@ -214,7 +233,7 @@ class ManifestDataMixin:
                 f"non-finite training loss at global step {getattr(trainer, 'global_step', '?')}{mine}: "
                 f"step skipped on every rank, weights unchanged ({self._skipped_nonfinite_steps} skipped so far)"
             )
-        if trainer is not None:
+        if trainer is not None and (skip or trainer.global_step % max(1, trainer.log_every_n_steps) == 0):
             self.log(SKIPPED_LOG_KEY, float(self._skipped_nonfinite_steps), on_step=True, on_epoch=False,
                      batch_size=1)
         if skip:
@@ -359,6 +378,7 @@ class ManifestDataMixin:
     def setup(self, stage: str | None = None) -> None:
         """NeMo's deferred set-up; then rebuild a mixed loader made before the trainer knew the DDP world."""
         super().setup(stage)
+        self.__dict__.pop("_nemo_tl_bn_modules", None)  # modules may have changed since the last fit
         if getattr(self, "_trainer", None) is not None:
             use_atomic_checkpoint_io(self._trainer)
         sampler = self.mixed_sampler

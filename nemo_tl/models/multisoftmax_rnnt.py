@@ -413,6 +413,11 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             decoding_cfg = self.cfg.decoding
         decoding_cls = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(RNNTDecodingConfig)))
         decoding_cfg = self.set_decoding_type_according_to_loss(OmegaConf.merge(decoding_cls, decoding_cfg))
+        if decoding_cfg.greedy.get("use_cuda_graph_decoder", False):
+            # NeMo's CUDA-graph label-looping decoder crashed (illegal memory access at graph replay, H200,
+            # NeMo 3.0) when several language decoders decoded in one process; decode without graphs.
+            with open_dict(decoding_cfg):
+                decoding_cfg.greedy.use_cuda_graph_decoder = False
         self.lang_decoding = {
             lang: RNNTDecoding(
                 decoding_cfg=decoding_cfg, decoder=self.decoder[lang], joint=self.joint[lang], vocabulary=labels
