@@ -19,14 +19,7 @@ from nemo_tl.models import TransferCTCModel
 from tests.conftest import DE_LABELS, load_conf
 from tests.helpers import snapshot
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two ranks on a shared CPU: one thread each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class RankReport(pl.Callback):

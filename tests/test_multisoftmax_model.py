@@ -26,13 +26,7 @@ LANGS = {"en": list(" abcdefgh"), "ru": list(" абвгдеж"), "hi": list(" �
 TEXTS = {"en": ["abc", "bad", "cafe", "head"], "ru": ["абв", "где", "жаба", "вед"], "hi": ["कख", "गघ", "चछ", "कग"]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny LSTMs and convolutions run many times faster on one thread on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def ms_cfg(**overrides):

@@ -40,12 +40,8 @@ def _target_mode(path: str) -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success, move what was written there onto ``path``.
-
-    For writers that take a path (``torch.save``, ``model.save_to``). If the temporary file is
-    still empty afterwards (a writer that writes only on rank 0), ``path`` is left untouched.
-    """
+def _temporary_beside(path: str | os.PathLike, *, replace_if_empty: bool) -> Iterator[str]:
+    """A temporary file in ``path``'s directory; on success it is fsynced and renamed onto ``path``."""
     path = os.path.abspath(os.fspath(path))
     directory, name = os.path.split(path)
     os.makedirs(directory, exist_ok=True)
@@ -53,7 +49,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        if os.path.isfile(tmp) and os.path.getsize(tmp) > 0:
+        if os.path.isfile(tmp) and (replace_if_empty or os.path.getsize(tmp) > 0):
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.chmod(tmp, _target_mode(path))
@@ -65,6 +61,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success, move what was written there onto ``path``.
+
+    For writers that take a path (``torch.save``, ``model.save_to``). If the temporary file is
+    still empty afterwards (a writer that writes only on rank 0), ``path`` is left untouched.
+    """
+    with _temporary_beside(path, replace_if_empty=False) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; on success it replaces ``path``.
 
@@ -73,21 +80,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
     """
     if "r" in mode or "a" in mode or "+" in mode:
         raise ValueError(f"atomic_write writes a new file; mode {mode!r} is not 'w' or 'wb'")
-    path = os.path.abspath(os.fspath(path))
-    directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _target_mode(path))
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    with _temporary_beside(path, replace_if_empty=True) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
 
 
 def atomic_save_to(model: Any, path: str | os.PathLike) -> str:
