@@ -362,18 +362,23 @@ def render(results: dict[str, Any]) -> tuple[str, str, bool]:
             goal_table,
             "",
             *body,
-            "## Where a goal is missed",
-            "",
-            "_Profile (torch.profiler) and fix what is ours; where the cause is outside nemo_tl, say what it is and "
-            "what the ratio would be without it._",
-            "",
-            "## Scaling: 1 vs 2 GPUs",
-            "",
-            "_From the 2-GPU runs of the reliability issue (not run by bench/run_all.sh)._",
-            "",
         ]
     )
     return text, goal_table, real
+
+
+HAND_WRITTEN = "## Where a goal is missed"  # from this heading on, the page is written by hand and kept
+
+
+def hand_written_part(path: str) -> str:
+    """The hand-written tail of an existing page (analysis of missed goals, GPU scaling), or a stub."""
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            page = f.read()
+        if HAND_WRITTEN in page:
+            return page[page.index(HAND_WRITTEN):]
+    return (f"{HAND_WRITTEN}, and why\n\n_Profile (torch.profiler) and fix what is ours; where the cause is outside "
+            "nemo_tl, say what it is and what the ratio would be without it._\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,8 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"could not write {args.out_dir}/PERFORMANCE.md ({e.strerror}); writing --docs only")
     if real or args.force:
         os.makedirs(os.path.dirname(os.path.abspath(args.docs)), exist_ok=True)
+        tail = hand_written_part(args.docs)
         with open(args.docs, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.write(text.rstrip("\n") + "\n\n" + tail)
         print(f"wrote {args.docs} and {os.path.join(args.out_dir, 'PERFORMANCE.md')}")
     else:
         print(f"smoke/CPU results: wrote {os.path.join(args.out_dir, 'PERFORMANCE.md')} only (not {args.docs})")
