@@ -21,7 +21,6 @@ import json
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,11 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def train(cfg, steps: int):
     from nemo_tl.models import MultiSoftmaxRNNTModel
+    from nemo_tl.utils.training import quick_trainer
 
-    gpu = torch.cuda.is_available()
-    trainer = pl.Trainer(max_steps=steps, accelerator="gpu" if gpu else "cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, precision="bf16-mixed" if gpu else 32)
+    trainer = quick_trainer(steps)
     model = MultiSoftmaxRNNTModel(cfg=cfg, trainer=trainer)
     start = time.time()
     trainer.fit(model)
@@ -54,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from nemo_tl.demo import _quiet
+    from nemo_tl.utils.training import quiet_logs
 
-    _quiet()
+    quiet_logs()
     from omegaconf import OmegaConf
 
     from nemo_tl.data.synth_corpus import synthesize_corpus

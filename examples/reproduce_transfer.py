@@ -26,8 +26,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from nemo_tl.demo import _quiet, data_cfg
+from nemo_tl.demo import data_cfg
 from nemo_tl.evaluation import evaluate_manifests
+from nemo_tl.utils.training import quick_trainer, quiet_logs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,14 +80,6 @@ class StepTimer(pl.Callback):
         return {"step_ms": 1000 * times[len(times) // 2], "peak_gib": peak}
 
 
-def trainer(steps: int, callbacks: list) -> pl.Trainer:
-    gpu = torch.cuda.is_available()
-    return pl.Trainer(max_steps=steps, accelerator="gpu" if gpu else "cpu", devices=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_val_batches=0, precision="bf16-mixed" if gpu else 32,
-                      callbacks=callbacks)
-
-
 def steps_to_90(points: list[dict], lang: str) -> int | None:
     """First evaluated step whose accuracy (100 - CER) reaches 90% of the final accuracy."""
     final = 100.0 - points[-1][lang]["cer"]
@@ -120,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    _quiet()
+    quiet_logs()
 
     from nemo.collections.asr.models import ASRModel, EncDecCTCModel
     from omegaconf import OmegaConf
@@ -151,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.validation_ds = data_cfg(None, labels_for(src), 64, False)
         cfg.optim = optim(args.base_lr, warmup=0.05)
         curve, timer = DevCurve({src: dev[src]}, args.eval_every * 5), StepTimer()
-        tr = trainer(args.base_steps, [curve, timer])
+        tr = quick_trainer(args.base_steps, [curve, timer])
         model = EncDecCTCModel(cfg=OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), trainer=tr)
         tr.fit(model)
         base_path = out / f"base_{src}.nemo"
@@ -180,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             train["manifest_filepath"] = [corpus[tgt]["train"], corpus[src]["train"]]
             train["mixing"] = {"weights": [1 - args.replay, args.replay], "seed": args.seed}
         curve, timer = DevCurve(dev, args.eval_every), StepTimer()
-        tr = trainer(args.steps, [curve, timer])
+        tr = quick_trainer(args.steps, [curve, timer])
         model = TransferCTCModel.from_base(base, labels=labels, cfg={"train_ds": train, "optim": optim(lr)},
                                            trainer=tr, **transfer)
         trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)

@@ -25,23 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from nemo_tl.utils.training import accelerator, quick_trainer, quiet_logs
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONF = REPO / "conf" / "quartznet_demo.yaml"
 EMBEDDED_BASE = Path(__file__).resolve().parent / "assets" / "demo_base_en.nemo"
 CORPUS_SEED = 0
 CORPUS_UTTERANCES = 600
-
-
-def _quiet() -> None:
-    import logging as pylogging
-    import warnings
-
-    from nemo.utils import logging
-
-    logging.setLevel(logging.ERROR)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        pylogging.getLogger(name).setLevel(pylogging.ERROR)
-    warnings.filterwarnings("ignore")
 
 
 def make_corpus(out: Path, jobs: int | None = None) -> dict[str, dict[str, str]]:
@@ -63,16 +53,7 @@ def data_cfg(manifest, labels: list[str], batch_size: int, shuffle: bool) -> dic
             "shuffle": shuffle, "num_workers": 0, "parser": "base", "max_duration": 20.0}
 
 
-def _trainer(steps: int, accelerator: str):
-    import lightning.pytorch as pl
-
-    return pl.Trainer(max_steps=steps, accelerator=accelerator, devices=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_val_batches=0, precision="bf16-mixed" if accelerator == "gpu"
-                      else 32)
-
-
-def train_base(corpus: dict, out: Path, steps: int, accelerator: str, batch_size: int = 16) -> Path:
+def train_base(corpus: dict, out: Path, steps: int, batch_size: int = 16) -> Path:
     """Train the English base model from scratch on the English train split; returns its .nemo path."""
     from nemo.collections.asr.models import EncDecCTCModel
     from omegaconf import OmegaConf
@@ -84,7 +65,7 @@ def train_base(corpus: dict, out: Path, steps: int, accelerator: str, batch_size
     cfg.labels = labels_for("en")
     cfg.train_ds = data_cfg(corpus["en"]["train"], labels_for("en"), batch_size, True)
     cfg.validation_ds = data_cfg(None, labels_for("en"), 32, False)
-    trainer = _trainer(steps, accelerator)
+    trainer = quick_trainer(steps)
     model = EncDecCTCModel(cfg=OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), trainer=trainer)
     start = time.time()
     trainer.fit(model)
@@ -104,7 +85,7 @@ RUNS = [
 ]
 
 
-def finetune(base: Path, corpus: dict, transfer: dict, replay: bool, steps: int, lr: float, accelerator: str,
+def finetune(base: Path, corpus: dict, transfer: dict, replay: bool, steps: int, lr: float,
              batch_size: int = 16):
     """One German fine-tuning run; returns (model, seconds)."""
     from nemo_tl.data.texts import labels_for
@@ -117,7 +98,7 @@ def finetune(base: Path, corpus: dict, transfer: dict, replay: bool, steps: int,
         train["mixing"] = {"weights": [0.7, 0.3], "seed": 0}
     optim = {"name": "novograd", "lr": lr, "betas": [0.95, 0.25], "weight_decay": 0.001,
              "sched": {"name": "CosineAnnealing", "warmup_ratio": 0.12, "min_lr": lr / 100}}
-    trainer = _trainer(steps, accelerator)
+    trainer = quick_trainer(steps)
     model = TransferCTCModel.from_base(str(base), labels=de_labels, cfg={"train_ds": train, "optim": optim},
                                        trainer=trainer, **transfer)
     start = time.time()
@@ -159,13 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="synthesis worker processes")
     args = parser.parse_args(argv)
 
-    _quiet()
+    quiet_logs()
     import torch
     from nemo.collections.asr.models import ASRModel
 
     import nemo_tl  # noqa: F401
 
-    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.base:
         base = Path(args.base)
     elif args.train_base or args.base_only or not EMBEDDED_BASE.exists():
-        base = train_base(corpus, out, args.base_steps, accelerator)
+        base = train_base(corpus, out, args.base_steps)
     else:
         base = EMBEDDED_BASE
     if args.base_only:
@@ -192,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in selected:
         name, transfer, replay = RUNS[i - 1]
         torch.manual_seed(0)
-        model, seconds = finetune(base, corpus, transfer, replay, args.steps, args.lr, accelerator)
+        model, seconds = finetune(base, corpus, transfer, replay, args.steps, args.lr)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append({"run": name, "trainable": trainable, "seconds": seconds, "dev": evaluate(model, corpus)})
         print(f"\n[{i}/{len(RUNS)}] {name}: {seconds:.0f} s", flush=True)
@@ -200,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     md = table(rows)
     print("\nEnglish QuartzNet -> German, greedy decoding on the dev sets "
-          f"({args.steps} fine-tuning steps per run, batch 16, {accelerator}):\n")
+          f"({args.steps} fine-tuning steps per run, batch 16, {accelerator()}):\n")
     print(md)
     with open(out / "results.json", "w", encoding="utf-8") as f:
         json.dump({"steps": args.steps, "lr": args.lr, "base": str(base), "rows": rows}, f, indent=1)
