@@ -34,6 +34,19 @@ class KillAt(pl.Callback):
             raise Killed(f"killed at step {self.step}")
 
 
+class SaveAndKill(KillAt):
+    """Save a checkpoint to ``path`` at ``step``, then kill the run there."""
+
+    def __init__(self, step: int, path: str) -> None:
+        super().__init__(step)
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+
 class Batches(pl.Callback):
     """The transcripts of every training batch (which utterances it held)."""
 
@@ -115,16 +128,10 @@ def test_without_the_rng_states_the_resumed_run_differs(tmp_path, base_nemo, de_
     ref_batches, ref_state = reference
     ckpt = str(tmp_path / "mid.ckpt")
 
-    class SaveAndKill(KillAt):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == self.step:
-                trainer.save_checkpoint(ckpt)
-            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
     killed = _model(base_nemo, [de_manifest, en_manifest], seed=0)
     torch.manual_seed(7)
     with pytest.raises(Killed):
-        cpu_trainer(STEPS, callbacks=[SaveAndKill(KILL_AT)]).fit(killed)
+        cpu_trainer(STEPS, callbacks=[SaveAndKill(KILL_AT, ckpt)]).fit(killed)
     state = torch.load(ckpt, weights_only=False)
     del state[RNG_CHECKPOINT_KEY]
     torch.save(state, ckpt)
@@ -165,15 +172,9 @@ def test_distillation_resumes_from_its_teacher_cache(tmp_path, base_nemo, en_man
     assert built
     ckpt = str(tmp_path / "killed.ckpt")
 
-    class SaveAndKill(KillAt):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == self.step:
-                trainer.save_checkpoint(ckpt)
-            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
     torch.manual_seed(7)
     with pytest.raises(Killed):
-        cpu_trainer(STEPS, callbacks=[SaveAndKill(KILL_AT)]).fit(killed)
+        cpu_trainer(STEPS, callbacks=[SaveAndKill(KILL_AT, ckpt)]).fit(killed)
 
     resumed = _student(base_nemo, manifests, str(cache), seed=1)
     teacher_calls = []
