@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
 from nemo.collections.asr.metrics.wer import word_error_rate
 
+from nemo_tl.data.manifest import iter_manifest_lines, read_manifest, resolve_audio_path
 from nemo_tl.errors import input_error
 
 
 def read_references(manifest: str) -> tuple[list[str], list[str]]:
-    """Audio paths (resolved against the manifest's folder) and reference texts of ``manifest``."""
+    """Audio paths (resolved as NeMo resolves them) and reference texts of ``manifest``."""
     if not os.path.isfile(manifest):
         raise input_error(f"manifest {manifest!r} does not exist", where="manifests", fix="give existing manifest paths")
     audio, texts = [], []
-    folder = os.path.dirname(os.path.abspath(manifest))
-    with open(manifest, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                path, text = item["audio_filepath"], item["text"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise input_error(f"bad manifest line ({e})", where=f"{manifest}:{n}",
-                                  fix="each line must be a JSON object with audio_filepath and text") from None
-            audio.append(path if os.path.isabs(path) else os.path.join(folder, path))
-            texts.append(text)
+    for index, entry in enumerate(read_manifest(manifest)):
+        if "audio_filepath" not in entry or "text" not in entry:
+            number = [n for n, _ in iter_manifest_lines(manifest)][index]  # blank lines are skipped
+            raise input_error("a line without audio_filepath or text", where=f"{manifest}:{number}",
+                              fix="each line must be a JSON object with audio_filepath and text")
+        audio.append(resolve_audio_path(entry["audio_filepath"], manifest))
+        texts.append(entry["text"])
     if not audio:
         raise input_error("manifest is empty", where=manifest, fix="give a manifest with at least one line")
     return audio, texts
