@@ -1,6 +1,6 @@
 """MultiSoftmaxRNNTModel training step vs the vanilla union-vocabulary EncDecRNNTModel (Joshi et al. 2021).
 
-    python bench/bench_multisoftmax.py [--device cuda] [--out multisoftmax.json] [--smoke]
+    python bench/bench_multisoftmax.py [--device cuda] [--out multisoftmax.json] [--smoke] [--fused N]
 
 Four languages with the grapheme vocabulary sizes of Joshi et al. Table 1 (En-IN 133, Hi-IN 59,
 Ta-IN 97, Gu-IN 123 labels; disjoint synthetic characters, as the paper's graphemes are
@@ -281,7 +281,15 @@ def compare(args, results: Results, section: str, fused: bool, precision: str) -
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.splitlines()[0])
     add_model_args(p)
-    p.add_argument("--fused-batch-size", type=int, default=4)
+    p.add_argument(
+        "--fused",
+        "--fused-batch-size",
+        dest="fused_batch_size",
+        type=int,
+        default=4,
+        metavar="N",
+        help="fused-joint table: every model with joint.fuse_loss_wer true and fused_batch_size N (default 4)",
+    )
     p.add_argument("--no-fused", action="store_true", help="skip the fused-joint table")
     args = p.parse_args(argv)
     finish_args(args, precisions=("bf16",), warmup=2, steps=10)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text", default="digits")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=None, help="default: conf/multisoftmax_rnnt.yaml optim.lr")
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.train_ds.batch_size = args.batch
         cfg.train_ds.mixing = {"per_batch": bool(args.per_batch), "weights": "hours", "seed": args.seed}
         cfg.validation_ds.manifest_filepath = None
-        cfg.optim.lr = args.lr
+        if args.lr is not None:
+            cfg.optim.lr = args.lr
         torch.manual_seed(args.seed)
         models[architecture], seconds = train(cfg, args.steps)
         results["train_seconds"][architecture] = seconds

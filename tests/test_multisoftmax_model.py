@@ -29,15 +29,22 @@ TEXTS = {"en": ["abc", "bad", "cafe", "head"], "ru": ["абв", "где", "жа�
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def ms_cfg(**overrides):
-    """conf/multisoftmax_rnnt.yaml with the 3 tiny languages, a tiny encoder and small RNN-T sizes."""
+def ms_cfg(encoder: str = "conformer", **overrides):
+    """conf/multisoftmax_rnnt.yaml with the 3 tiny languages, a tiny encoder and small RNN-T sizes.
+
+    ``encoder``: "conformer" (the default encoder, shrunk) or "batchnorm" (a tiny QuartzNet).
+    """
     cfg = OmegaConf.load(os.path.join(CONF, "multisoftmax_rnnt.yaml")).model
     tiny = OmegaConf.load(os.path.join(CONF, "quartznet_tiny.yaml")).model
     cfg.languages = {lang: {"labels": labels} for lang, labels in LANGS.items()}
     cfg.preprocessor.features = 40
     cfg.spec_augment = None
-    cfg.encoder = tiny.encoder
-    cfg.model_defaults = {"enc_hidden": 128, "pred_hidden": 32, "joint_hidden": 32}
+    if encoder == "batchnorm":
+        cfg.encoder = tiny.encoder
+    else:  # the default ConformerEncoder (LayerNorm convolutions), shrunk
+        cfg.encoder.update(n_layers=1, n_heads=2, subsampling_factor=2, conv_kernel_size=5, dropout=0.0,
+                           dropout_pre_encoder=0.0, dropout_att=0.0)
+    cfg.model_defaults = {"enc_hidden": 128 if encoder == "batchnorm" else 64, "pred_hidden": 32, "joint_hidden": 32}
     cfg.decoder.prednet.dropout = 0.0
     cfg.joint.jointnet.dropout = 0.0
     cfg.decoding.greedy.max_symbols = 3  # untrained models emit many symbols per frame: keep decoding short
@@ -390,3 +397,130 @@ def test_bad_architecture_and_transcribe_languages(manifests):
         model.transcribe(files(manifests["en"], 1), lang=["en", "ru"], verbose=False)
     with pytest.raises(InputError, match="unknown language"):
         model.extract_language("fr")
+
+
+# ---- NeMo's fused joint (joint.fuse_loss_wer) ---------------------------------------------------
+
+FUSED = {"joint": {"fuse_loss_wer": True, "fused_batch_size": 3}}
+
+
+def mixed_batch(model, manifests, langs):
+    """The utterances of several manifests collated into one batch (languages mixed)."""
+    items = []
+    for lang in langs:
+        ds = model._manifest_dataset(OmegaConf.create({"manifest_filepath": manifests[lang], "sample_rate": 16000}))
+        items += [ds[i] for i in range(len(ds))]
+    return ds.collate_fn(items)
+
+
+def plain_and_fused(architecture):
+    """Two models with the same weights, one with NeMo's fused joint (3 utterances a sub-batch)."""
+    plain = MultiSoftmaxRNNTModel(ms_cfg(architecture=architecture))
+    fused = MultiSoftmaxRNNTModel(ms_cfg(architecture=architecture, **FUSED))
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused
+
+
+def joint_batch_sizes(model, monkeypatch) -> list[int]:
+    """The batch size of every joint tensor (B, T, U + 1, V + 1) the model computes, appended as it goes."""
+    sizes = []
+    for joint in [model.joint[lang] for lang in LANGS] if model.is_multisoftmax else [model.joint]:
+
+        def spy(f, g, joint_fn=joint.joint):
+            out = joint_fn(f, g)
+            sizes.append(out.shape[0])
+            return out
+
+        monkeypatch.setattr(joint, "joint", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("architecture", ["multisoftmax", "vanilla"])
+def test_fused_joint_gives_the_plain_loss_gradients_and_wer(manifests, architecture, monkeypatch):
+    plain, fused = plain_and_fused(architecture)
+    sizes = {id(m): joint_batch_sizes(m, monkeypatch) for m in (plain, fused)}
+    expected = {  # joint tensors of one loss: plain, one per language group; fused, sub-batches of ≤ 3
+        ("multisoftmax", 1): ([4], [3, 1]),
+        ("multisoftmax", 2): ([4, 4], [3, 1, 3, 1]),
+        ("vanilla", 1): ([4], [3, 1]),
+        ("vanilla", 2): ([8], [3, 3, 2]),
+    }
+    assert fused.joint.fuse_loss_wer and not plain.joint.fuse_loss_wer
+    if architecture == "multisoftmax":  # every language's NeMo joint is fused, with its own loss and WER
+        for lang in LANGS:
+            joint = fused.joint[lang]
+            assert joint.fuse_loss_wer and joint.fused_batch_size == 3
+            assert joint.loss is fused.loss[lang] and joint.wer is fused.lang_wer[lang]
+    for langs in (["ru"], ["en", "hi"]):  # one language; two languages mixed in one batch
+        batch = mixed_batch(plain, manifests, langs)
+        out = []
+        for model in (plain, fused):
+            model.eval()  # no dither or dropout: both models see the same encoder output
+            model.zero_grad(set_to_none=True)
+            sizes[id(model)].clear()
+            _, parts, _, _ = model._losses(batch)
+            parts["rnnt_loss"].backward()
+            assert sizes[id(model)] == expected[architecture, len(langs)][model is fused]
+            with torch.no_grad():
+                logs = model.validation_pass(batch, 0)
+            wer = (int(logs["val_wer_num"]), int(logs["val_wer_denom"]))
+            out.append((parts["rnnt_loss"].item(), wer, {n: p.grad for n, p in model.named_parameters()}))
+        (loss_p, wer_p, grad_p), (loss_f, wer_f, grad_f) = out
+        assert loss_f == pytest.approx(loss_p, abs=1e-5)
+        assert wer_f == wer_p and wer_p[1] > 0
+        assert grad_f.keys() == grad_p.keys()
+        for name, g in grad_p.items():
+            if g is None:  # other languages' parameters: no gradient either way
+                assert grad_f[name] is None, name
+            else:
+                assert torch.allclose(grad_f[name], g, atol=1e-5), name
+    if architecture == "multisoftmax":  # a new decoding strategy brings new WER objects: validation wires them
+        fused.change_decoding_strategy(fused.cfg.decoding, verbose=False)
+        fused.validation_pass(batch, 0)
+        assert all(fused.joint[lang].wer is fused.lang_wer[lang] for lang in LANGS)
+
+
+class _FusedIsolation(pl.Callback):
+    """After every backward: the batch's language has gradients, the other languages none."""
+
+    def __init__(self):
+        self.langs, self.leaks = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.langs.append(pl_module.languages[int(batch[-1][0])])
+
+    def on_after_backward(self, trainer, pl_module):
+        lang = self.langs[-1]
+        assert all(p.grad is not None for p in specific_params(pl_module, lang).values())
+        for other in set(LANGS) - {lang}:
+            self.leaks += [n for n, p in specific_params(pl_module, other).items() if p.grad is not None]
+
+
+def test_lightning_fit_with_fused_joint_keeps_languages_isolated(manifests):
+    model = MultiSoftmaxRNNTModel(ms_cfg(**FUSED))
+    check = _FusedIsolation()
+    trainer = cpu_trainer(3, callbacks=[check], limit_val_batches=1)
+    model.set_trainer(trainer)
+    model.setup_training_data(OmegaConf.merge(model.cfg.train_ds, {"manifest_filepath": list(manifests.values())}))
+    model.setup_multiple_validation_data(
+        OmegaConf.merge(model.cfg.validation_ds, {"manifest_filepath": [manifests["en"], manifests["hi"]]})
+    )
+    trainer.fit(model)
+    assert len(check.langs) == 3 and check.leaks == []
+    assert math.isfinite(float(trainer.callback_metrics["train_loss"]))
+    assert "val_wer" in trainer.callback_metrics
+    # Greedy decoding still runs on the fused joints: the same text as the plain model with these weights.
+    plain = MultiSoftmaxRNNTModel(ms_cfg())
+    plain.load_state_dict(model.state_dict())
+    model.eval()
+    plain.eval()
+    audio = files(manifests["hi"], 2) + files(manifests["en"], 1)
+    for lang in (None, "hi"):
+        got, want = (m.transcribe(audio, verbose=False, lang=lang) for m in (model, plain))
+        assert [(h.text, h.lang) for h in got] == [(h.text, h.lang) for h in want]
+
+
+@pytest.mark.parametrize("joint", [{"fuse_loss_wer": True}, {"fuse_loss_wer": True, "fused_batch_size": 0}])
+def test_fused_joint_without_a_sub_batch_size_is_refused(joint):
+    with pytest.raises(InputError, match=r"model\.joint\.fused_batch_size"):
+        MultiSoftmaxRNNTModel(ms_cfg(joint=joint))

@@ -60,6 +60,7 @@ _NEMO_DECODER = "nemo.collections.asr.modules.RNNTDecoder"
 _NEMO_JOINT = "nemo.collections.asr.modules.RNNTJoint"
 _MS_DECODER = f"{MultiSoftmaxDecoder.__module__}.{MultiSoftmaxDecoder.__name__}"
 _MS_JOINT = f"{MultiSoftmaxJoint.__module__}.{MultiSoftmaxJoint.__name__}"
+_BATCH_NORMS = (torch.nn.modules.batchnorm._BatchNorm,)  # batch statistics shared across utterances
 _OWN_KEYS = ("languages", "architecture", "language_specific_prediction", "lid", "lid_free")
 
 
@@ -168,13 +169,30 @@ def _number(value: Any, where: str, what: str) -> float:
     return float(value)
 
 
+def _check_fused_joint(joint: Mapping[str, Any] | None) -> None:
+    """NeMo's fused joint (``joint.fuse_loss_wer``) needs ``joint.fused_batch_size`` ≥ 1; InputError otherwise."""
+    joint = joint or {}
+    fused = joint.get("experimental_fuse_loss_wer")  # NeMo's deprecated name wins when given
+    fused = joint.get("fuse_loss_wer", False) if fused is None else fused
+    if not isinstance(fused, bool):
+        raise input_error(f"must be true or false, got {fused!r}", where="model.joint.fuse_loss_wer", fix="false")
+    size = joint.get("fused_batch_size")
+    if fused and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise input_error(
+            f"fuse_loss_wer needs a whole number of utterances ≥ 1, got {size!r}",
+            where="model.joint.fused_batch_size",
+            fix="set fused_batch_size: 4 (utterances per joint sub-batch), or fuse_loss_wer: false",
+        )
+
+
 def prepare_multilingual_config(cfg: DictConfig) -> DictConfig:
     """Validate the multilingual keys and derive what NeMo's RNN-T model builds from.
 
-    Checks ``model.languages``, ``model.architecture``, ``model.lid`` and ``model.lid_free``
-    (InputError naming the key), normalizes ``languages`` to ``{lang: {labels: [...]}}`` and sets
-    ``labels`` (the union), the ``_target_`` and per-language sizes of ``decoder`` and ``joint``
-    and, for ``onehot``, ``encoder.feat_in`` = features + L. Idempotent (runs again on restore).
+    Checks ``model.languages``, ``model.architecture``, ``model.lid``, ``model.lid_free`` and the
+    fused-joint keys of ``model.joint`` (InputError naming the key), normalizes ``languages`` to
+    ``{lang: {labels: [...]}}`` and sets ``labels`` (the union), the ``_target_`` and per-language
+    sizes of ``decoder`` and ``joint`` and, for ``onehot``, ``encoder.feat_in`` = features + L.
+    Idempotent (runs again on restore).
     """
     cfg = copy.deepcopy(cfg)
     vocabularies = _languages_from_config(cfg.get("languages"))
@@ -199,6 +217,7 @@ def prepare_multilingual_config(cfg: DictConfig) -> DictConfig:
     lid_free = _section(cfg, "lid_free", {"min_frames": 30.0, "threshold": 0.5})
     tau = _number(lid_free["min_frames"], "model.lid_free.min_frames", "τ in encoder frames, e.g. 30 (.inf: never)")
     s_th = _number(lid_free["threshold"], "model.lid_free.threshold", "s_th, e.g. 0.5 (.inf: never)")
+    _check_fused_joint(cfg.get("joint"))
 
     with open_dict(cfg):
         cfg.languages = {lang: {"labels": labels} for lang, labels in vocabularies.items()}
@@ -355,6 +374,16 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
                 }
             )
             self.change_decoding_strategy(self.cfg.decoding, verbose=False)
+            self._wire_fused_joints()
+
+    def _wire_fused_joints(self) -> None:
+        """With ``joint.fuse_loss_wer``, give each language's NeMo joint its language's loss and WER.
+
+        What EncDecRNNTModel.__init__ does for its one joint (vanilla/onehot: done there).
+        """
+        if self.is_multisoftmax and self.joint.fuse_loss_wer:
+            self.joint.set_loss(self.loss)
+            self.joint.set_wer(self.lang_wer)
 
     def setup(self, stage: str | None = None) -> None:
         """Under DDP, let the parameters of languages absent from a batch go unused.
@@ -371,7 +400,23 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             if not strategy._ddp_kwargs.get("find_unused_parameters", False):
                 strategy._ddp_kwargs["find_unused_parameters"] = True
                 logging.info("MultiSoftmaxRNNTModel: DDP set to find_unused_parameters=True (one language a batch)")
+        if stage in (None, "fit"):
+            self._warn_batch_norm_with_one_language_batches()
         super().setup(stage)
+
+    def _warn_batch_norm_with_one_language_batches(self) -> None:
+        """A BatchNorm encoder normalizes each one-language batch with that language's statistics: say so."""
+        mixing = (self.cfg.get("train_ds") or {}).get("mixing") or {}
+        if self.lid_head is None or not mixing.get("per_batch", False):
+            return
+        norms = sorted({type(m).__name__ for m in self.encoder.modules() if isinstance(m, _BATCH_NORMS)})
+        if norms:
+            logging.warning(
+                f"model.encoder uses {', '.join(norms)} and every training batch holds one language "
+                "(model.train_ds.mixing.per_batch): the batch statistics then come from one language, which "
+                "hides much of what the LID head learns from. Use an encoder without BatchNorm (the default "
+                "ConformerEncoder with conv_norm_type: layer_norm) or model.train_ds.mixing.per_batch=false."
+            )
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -585,24 +630,33 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
 
         Shapes: encoded (B, D, T), encoded_len (B,), transcript (B, U), transcript_len (B,),
         lang_ids (B,). A mixed batch is split by language and the per-language losses are
-        weighted by their share of the batch.
+        weighted by their share of the batch. With ``joint.fuse_loss_wer`` NeMo's fused joint computes
+        joint and loss ``joint.fused_batch_size`` utterances at a time (no (B, T, U + 1, V + 1) tensor
+        for the whole batch).
         """
-        if not self.is_multisoftmax:
-            decoder, target_length, _ = self.decoder(targets=transcript, target_length=transcript_len)
-            joint = self.joint(encoder_outputs=encoded, decoder_outputs=decoder)
-            return self.loss(
-                log_probs=joint, targets=transcript, input_lengths=encoded_len, target_lengths=target_length
-            )
         total = encoded.new_zeros(())
         batch = encoded.shape[0]
-        for lang, rows in self._groups(lang_ids):
+        groups = self._groups(lang_ids) if self.is_multisoftmax else [(None, None)]
+        for lang, rows in groups:
             enc, enc_len, tr, tr_len = encoded, encoded_len, transcript, transcript_len
             if rows is not None:
                 enc, enc_len, tr_len = encoded[rows], encoded_len[rows], transcript_len[rows]
                 tr = transcript[rows][:, : max(int(tr_len.max()), 1)]
-            decoder, target_length, _ = self.decoder(targets=tr, target_length=tr_len, lang=lang)
-            joint = self.joint(encoder_outputs=enc, decoder_outputs=decoder, lang=lang)
-            loss = self.loss[lang](log_probs=joint, targets=tr, input_lengths=enc_len, target_lengths=target_length)
+            by_lang = {} if lang is None else {"lang": lang}
+            decoder, target_length, _ = self.decoder(targets=tr, target_length=tr_len, **by_lang)
+            if self.joint.fuse_loss_wer:
+                loss, _, _, _ = self.joint(
+                    encoder_outputs=enc,
+                    decoder_outputs=decoder,
+                    encoder_lengths=enc_len,
+                    transcripts=tr,
+                    transcript_lengths=target_length,
+                    **by_lang,
+                )
+            else:
+                joint = self.joint(encoder_outputs=enc, decoder_outputs=decoder, **by_lang)
+                loss_fn = self.loss if lang is None else self.loss[lang]
+                loss = loss_fn(log_probs=joint, targets=tr, input_lengths=enc_len, target_lengths=target_length)
             total = total + loss * (enc.shape[0] / batch)
         return total
 
@@ -634,6 +688,7 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         _, _, transcript, transcript_len, lang_ids = batch
         num = torch.zeros((), dtype=torch.long, device=encoded.device)
         denom = torch.zeros((), dtype=torch.long, device=encoded.device)
+        self._wire_fused_joints()  # change_decoding_strategy may have rebuilt the per-language WERs
         groups = self._groups(lang_ids) if self.is_multisoftmax else [(None, None)]
         for lang, rows in groups:
             enc, enc_len, tr, tr_len = encoded, encoded_len, transcript, transcript_len
@@ -642,9 +697,21 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             wer = self.wer if lang is None else self.lang_wer[lang]
             # Ranks may see different languages in a batch: no sync per language, one all-reduce below.
             to_sync, wer._to_sync = wer._to_sync, False
-            wer.update(predictions=enc, predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len)
-            _, n, d = wer.compute()
-            wer.reset()
+            if self.joint.fuse_loss_wer:  # NeMo's fused step without the loss: decodes fused_batch_size at a time
+                by_lang = {} if lang is None else {"lang": lang}
+                _, _, n, d = self.joint(
+                    encoder_outputs=enc,
+                    decoder_outputs=None,
+                    encoder_lengths=enc_len,
+                    transcripts=tr,
+                    transcript_lengths=tr_len,
+                    compute_wer=True,
+                    **by_lang,
+                )
+            else:
+                wer.update(predictions=enc, predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len)
+                _, n, d = wer.compute()
+                wer.reset()
             wer._to_sync = to_sync
             num, denom = num + n.to(num.device), denom + d.to(denom.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -8,7 +8,8 @@
 - :class:`LIDHead`: a linear layer on the encoder output giving frame-level language logits.
 
 Each language's decoder and joint are plain NeMo modules, so NeMo's RNN-T loss and greedy /
-beam decoding run on them unchanged, and :meth:`MultiSoftmaxRNNTModel.extract_language` copies
+beam decoding run on them unchanged (and NeMo's fused joint, ``fuse_loss_wer``, computes each
+language's loss and WER in sub-batches), and :meth:`MultiSoftmaxRNNTModel.extract_language` copies
 them into a plain :class:`EncDecRNNTModel`.
 """
 
@@ -92,10 +93,16 @@ class MultiSoftmaxJoint(NeuralModule):
             ``activation``, ``dropout``).
         vocabularies: ``{lang: labels}``, in LID order.
         log_softmax, preserve_memory: as in NeMo's ``RNNTJoint``.
+        fuse_loss_wer, fused_batch_size, experimental_fuse_loss_wer: as in NeMo's ``RNNTJoint``, given
+            to every language's joint; each then needs its language's loss and WER (:meth:`set_loss`,
+            :meth:`set_wer`).
         num_classes, vocabulary: ignored; :class:`EncDecRNNTModel` injects the union here.
 
     ``forward(encoder_outputs (B, D, T), decoder_outputs (B, H, U + 1), lang)`` returns
-    language ``lang``'s joint output (B, T, U + 1, V_lang + 1).
+    language ``lang``'s joint output (B, T, U + 1, V_lang + 1). With ``fuse_loss_wer`` it is NeMo's
+    fused step of ``lang``'s joint (also given ``encoder_lengths`` (B,), ``transcripts`` (B, U),
+    ``transcript_lengths`` (B,), ``compute_wer``): ``(loss, wer, wer_num, wer_denom)``, the joint
+    computed ``fused_batch_size`` utterances at a time.
     """
 
     def __init__(
@@ -108,10 +115,9 @@ class MultiSoftmaxJoint(NeuralModule):
         vocabulary: Sequence[str] | None = None,
         fuse_loss_wer: bool = False,
         fused_batch_size: int | None = None,
+        experimental_fuse_loss_wer: Any = None,
     ):
         super().__init__()
-        if fuse_loss_wer:
-            raise ValueError("MultiSoftmaxJoint does not support fuse_loss_wer")
         self.languages = list(vocabularies)
         self.joints = torch.nn.ModuleDict(
             {
@@ -121,6 +127,9 @@ class MultiSoftmaxJoint(NeuralModule):
                     vocabulary=list(labels),
                     log_softmax=log_softmax,
                     preserve_memory=preserve_memory,
+                    fuse_loss_wer=fuse_loss_wer,
+                    fused_batch_size=fused_batch_size,
+                    experimental_fuse_loss_wer=experimental_fuse_loss_wer,
                 )
                 for lang, labels in vocabularies.items()
             }
@@ -128,7 +137,6 @@ class MultiSoftmaxJoint(NeuralModule):
         # Attributes EncDecRNNTModel.__init__ reads; the model uses the per-language joints.
         self.vocabulary = [label for labels in vocabularies.values() for label in labels]
         self.num_extra_outputs = 0
-        self.fuse_loss_wer = False
 
     def __getitem__(self, lang: str) -> RNNTJoint:
         return self.joints[lang]
@@ -138,8 +146,51 @@ class MultiSoftmaxJoint(NeuralModule):
         """Largest per-language output size (labels + blank)."""
         return max(j.num_classes_with_blank for j in self.joints.values())
 
-    def forward(self, encoder_outputs: torch.Tensor, decoder_outputs: torch.Tensor, lang: str) -> torch.Tensor:
-        return self.joints[lang](encoder_outputs=encoder_outputs, decoder_outputs=decoder_outputs)
+    @property
+    def fuse_loss_wer(self) -> bool:
+        """Whether the languages' joints run NeMo's fused joint + loss (+ WER) step."""
+        return self.joints[self.languages[0]].fuse_loss_wer
+
+    @property
+    def fused_batch_size(self) -> int | None:
+        return self.joints[self.languages[0]].fused_batch_size
+
+    def set_loss(self, loss: Mapping[str, torch.nn.Module] | torch.nn.Module) -> None:
+        """Give each language's fused joint its own RNN-T loss, ``{lang: RNNTLoss}``.
+
+        A single loss is not wired: EncDecRNNTModel.__init__ hands over its one union-vocabulary
+        loss before :class:`MultiSoftmaxRNNTModel` has built the per-language ones.
+        """
+        if isinstance(loss, (Mapping, torch.nn.ModuleDict)):
+            for lang, module in loss.items():
+                self.joints[lang].set_loss(module)
+
+    def set_wer(self, wer: Mapping[str, torch.nn.Module] | torch.nn.Module) -> None:
+        """Give each language's fused joint its own WER metric, ``{lang: WER}`` (a single one: as in set_loss)."""
+        if isinstance(wer, (Mapping, torch.nn.ModuleDict)):
+            for lang, module in wer.items():
+                self.joints[lang].set_wer(module)
+
+    def forward(
+        self,
+        encoder_outputs: torch.Tensor,
+        decoder_outputs: torch.Tensor | None,
+        lang: str,
+        encoder_lengths: torch.Tensor | None = None,
+        transcripts: torch.Tensor | None = None,
+        transcript_lengths: torch.Tensor | None = None,
+        compute_wer: bool = False,
+    ):
+        if not self.fuse_loss_wer:
+            return self.joints[lang](encoder_outputs=encoder_outputs, decoder_outputs=decoder_outputs)
+        return self.joints[lang](
+            encoder_outputs=encoder_outputs,
+            decoder_outputs=decoder_outputs,
+            encoder_lengths=encoder_lengths,
+            transcripts=transcripts,
+            transcript_lengths=transcript_lengths,
+            compute_wer=compute_wer,
+        )
 
     def language_parameters(self, lang: str) -> list[torch.nn.Parameter]:
         """Parameters of ``lang``'s joint and softmax."""

@@ -12,6 +12,7 @@ def quiet_logs() -> None:
     import logging as pylogging
     import warnings
 
+    import lightning.pytorch  # noqa: F401  (importing it sets its logger to INFO: import first, then silence)
     from nemo.utils import logging
 
     logging.setLevel(logging.ERROR)
