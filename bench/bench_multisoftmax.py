@@ -9,7 +9,7 @@ V_l + 1. Every model has the same preprocessor (80 mel), encoder and prediction 
 
 - encoder: FastConformer-like ``ConformerEncoder``, 16 layers, d_model 256, 4 heads, 8x
   depthwise-striding subsampling (10 s → 125 frames), conv kernel 9 (``--encoder conf`` takes
-  the QuartzNet-like ConvASREncoder of conf/multisoftmax_rnnt.yaml instead: 2x subsampling);
+  conf/multisoftmax_rnnt.yaml's ConformerEncoder, with LayerNorm convolutions, at the same sizes);
 - prediction network: 1-layer LSTM, 640 units; joint hidden 640;
 - loss: NeMo's ``warprnnt_numba`` (its CUDA kernel on GPU), bf16-mixed autocast.
 
@@ -112,7 +112,8 @@ def multilingual_cfg(args, architecture: str = "multisoftmax", fused: bool = Fal
         if args.encoder == "fastconformer":
             cfg.encoder = fastconformer(args.d_model, args.layers, args.heads, cfg.preprocessor.features)
         else:
-            cfg.model_defaults.enc_hidden = cfg.encoder.jasper[-1].filters
+            cfg.encoder.d_model = cfg.encoder.subsampling_conv_channels = args.d_model
+            cfg.encoder.n_layers = args.layers
         cfg.joint.fuse_loss_wer = fused
         cfg.joint.fused_batch_size = args.fused_batch_size if fused else None
     return cfg

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="default: conf/multisoftmax_rnnt.yaml optim.lr")
+    p.add_argument("--layers", type=int, default=None, help="encoder layers (default: the config's)")
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.validation_ds.manifest_filepath = None
         if args.lr is not None:
             cfg.optim.lr = args.lr
+        if args.layers is not None:
+            cfg.encoder.n_layers = args.layers
         torch.manual_seed(args.seed)
         models[architecture], seconds = train(cfg, args.steps)
         results["train_seconds"][architecture] = seconds
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("known", "lid_free", "oracle"):
         rows[f"multisoftmax ({mode})"] = evaluate(ms, test, mode)
     table = format_table(rows, langs, rows["vanilla (LID-free)"])
+    (out / "results.md").write_text(table + "\n", encoding="utf-8")  # kept if the sweep does not finish
+    print(table, f"\nevaluated in {time.time() - t0:.0f} s", flush=True)
     points = sweep(ms, test, [(float("inf"), float("inf")), (100, 0.5), (30, 1.0), (30, 0.5), (10, 0.5),
                               (10, 0.2)])
     plot_sweep(points, str(out / "sweep.png"))

@@ -146,9 +146,12 @@ def test_lid_loss_reaches_encoder_and_head_only(manifests):
     assert loss.item() == pytest.approx((parts["rnnt_loss"] + model.cfg.lid.weight * parts["lid_loss"]).item())
 
 
-def test_lid_free_decoding_equals_per_language_decoding(manifests):
-    model = MultiSoftmaxRNNTModel(ms_cfg())
+@pytest.mark.parametrize("lsp", [False, True])
+def test_lid_free_decoding_equals_per_language_decoding(manifests, lsp):
+    model = MultiSoftmaxRNNTModel(ms_cfg(language_specific_prediction=lsp))
     model.eval()
+    # Shared LSTM: every language decoded in one batched NeMo decoding; LSP: one decoder after another.
+    assert (model._stacked_decoding() is None) == lsp
     audio = [f for lang in LANGS for f in files(manifests[lang])]
     free = model.transcribe(audio, batch_size=3, verbose=False, min_frames=math.inf)
     known = {lang: model.transcribe(audio, batch_size=3, verbose=False, lang=lang) for lang in LANGS}
@@ -156,6 +159,8 @@ def test_lid_free_decoding_equals_per_language_decoding(manifests):
         assert set(h.lang_hypotheses) == set(LANGS)
         for lang in LANGS:
             assert h.lang_hypotheses[lang] == known[lang][i].text
+            assert h.lang_scores[lang] == pytest.approx(float(known[lang][i].score), abs=1e-4)
+        assert torch.equal(torch.as_tensor(h.y_sequence), torch.as_tensor(known[h.lang][i].y_sequence))
         best = max(h.lang_posteriors, key=h.lang_posteriors.get)
         assert h.lang == best and h.text == known[best][i].text
         assert h.t_avg == 3.0

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from nemo_tl.data.manifest import flatten_manifest_filepath, read_manifest
 from nemo_tl.data.validate import check_dataset_config
 from nemo_tl.decoding.lid_free import average_posteriors, choose_language, early_stopping
+from nemo_tl.decoding.stacked import StackedLanguageDecoding
 from nemo_tl.errors import input_error
 from nemo_tl.losses.lid import frame_lid_loss
 from nemo_tl.models.mixins import ManifestDataMixin
@@ -885,13 +886,22 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             run = torch.ones(batch, num_langs, dtype=torch.bool)
             t_avg = torch.full((batch,), float(num_langs), dtype=torch.double)
         per_lang: list[dict[str, Hypothesis]] = [{} for _ in range(batch)]
-        for j, lang in enumerate(self.languages):
-            rows = run[:, j].nonzero(as_tuple=True)[0].tolist()
-            if not rows:
-                continue
-            sub = self._decode(lang, encoded[rows], encoded_len[rows])
-            for i, h in zip(rows, sub):
-                per_lang[i][lang] = h
+        stacked = self._stacked_decoding()
+        if stacked is not None:  # one batched decoding of every (utterance, language) pair
+            lengths = encoded_len.cpu().unsqueeze(1).expand(batch, num_langs)
+            if log_post is not None:  # a decoder switched off stops at t_l^off
+                lengths = torch.where(run, lengths, torch.minimum(t_off, lengths))
+            every = stacked(encoded, lengths)
+            for i in range(batch):
+                per_lang[i] = {lang: every[i][j] for j, lang in enumerate(self.languages) if run[i, j]}
+        else:  # one decoder after another, each on the utterances where it is still on
+            for j, lang in enumerate(self.languages):
+                rows = run[:, j].nonzero(as_tuple=True)[0].tolist()
+                if not rows:
+                    continue
+                sub = self._decode(lang, encoded[rows], encoded_len[rows])
+                for i, h in zip(rows, sub):
+                    per_lang[i][lang] = h
         if best is None:
             best = [max(range(num_langs), key=lambda j, d=d: d[self.languages[j]].score) for d in per_lang]
         hyps, chosen = [], []
@@ -903,6 +913,22 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             hyps.append(h)
             chosen.append(lang)
         return hyps, chosen, t_avg.cpu()
+
+    def _stacked_decoding(self) -> StackedLanguageDecoding | None:
+        """The batched all-languages greedy decoder (built once per decoding config), or None where unsupported."""
+        cached = self.__dict__.get("_stacked")
+        if cached is not None and cached[0] is self.cfg.decoding:
+            return cached[1]
+        stacked = None
+        if StackedLanguageDecoding.supports(self.decoder, self.cfg.decoding):
+            stacked = StackedLanguageDecoding(
+                {lang: self.decoder[lang] for lang in self.languages},
+                {lang: self.joint[lang] for lang in self.languages},
+                self.vocabularies,
+                self.cfg.decoding,
+            )
+        self.__dict__["_stacked"] = (self.cfg.decoding, stacked)
+        return stacked
 
     def _script_language(self, text: str, avg: torch.Tensor | None) -> str:
         """Language of a union-softmax hypothesis: most characters unique to one language (then LID, then first)."""
