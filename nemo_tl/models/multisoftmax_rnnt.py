@@ -62,7 +62,9 @@ _NEMO_JOINT = "nemo.collections.asr.modules.RNNTJoint"
 _MS_DECODER = f"{MultiSoftmaxDecoder.__module__}.{MultiSoftmaxDecoder.__name__}"
 _MS_JOINT = f"{MultiSoftmaxJoint.__module__}.{MultiSoftmaxJoint.__name__}"
 _BATCH_NORMS = (torch.nn.modules.batchnorm._BatchNorm,)  # batch statistics shared across utterances
-_OWN_KEYS = ("languages", "architecture", "language_specific_prediction", "lid", "lid_free")
+_OWN_KEYS = (
+    "languages", "architecture", "language_specific_prediction", "lid", "lid_free", "freeze_batch_norm_after"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,6 +221,14 @@ def prepare_multilingual_config(cfg: DictConfig) -> DictConfig:
     tau = _number(lid_free["min_frames"], "model.lid_free.min_frames", "τ in encoder frames, e.g. 30 (.inf: never)")
     s_th = _number(lid_free["threshold"], "model.lid_free.threshold", "s_th, e.g. 0.5 (.inf: never)")
     _check_fused_joint(cfg.get("joint"))
+    freeze_after = cfg.get("freeze_batch_norm_after")
+    if freeze_after is not None and (isinstance(freeze_after, bool) or not isinstance(freeze_after, int)
+                                     or freeze_after < 0):
+        raise input_error(
+            f"must be a number of optimizer steps ≥ 0 or null, got {freeze_after!r}",
+            where="model.freeze_batch_norm_after",
+            fix="e.g. 300 (the encoder's BatchNorm layers use running statistics from step 300 on), or null",
+        )
 
     with open_dict(cfg):
         cfg.languages = {lang: {"labels": labels} for lang, labels in vocabularies.items()}
@@ -226,6 +236,7 @@ def prepare_multilingual_config(cfg: DictConfig) -> DictConfig:
         cfg.language_specific_prediction = lsp
         cfg.lid = {"enabled": lid["enabled"], "weight": weight}
         cfg.lid_free = {"min_frames": tau, "threshold": s_th}
+        cfg.freeze_batch_norm_after = freeze_after
         cfg.labels = _union(vocabularies)
         decoder = cfg.decoder
         joint = cfg.joint
@@ -405,10 +416,28 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             self._warn_batch_norm_with_one_language_batches()
         super().setup(stage)
 
+    def on_train_batch_start(self, batch, batch_idx, *args):
+        """From ``freeze_batch_norm_after`` steps on, the encoder's BatchNorm layers normalize with running statistics.
+
+        With one language per batch, BatchNorm in training mode normalizes every batch with that one
+        language's statistics, while inference uses running statistics mixed over languages; frozen
+        statistics (estimated over many batches of every language) make training see what inference
+        sees and keep the differences between languages in the encoder output. The affine weights
+        keep training. Applied at every batch, since Lightning switches the model back to training mode.
+        """
+        after = self.cfg.get("freeze_batch_norm_after")
+        if after is not None and self.trainer is not None and self.trainer.global_step >= after:
+            for module in self.encoder.modules():
+                if isinstance(module, _BATCH_NORMS):
+                    module.eval()
+        return super().on_train_batch_start(batch, batch_idx, *args)
+
     def _warn_batch_norm_with_one_language_batches(self) -> None:
         """A BatchNorm encoder normalizes each one-language batch with that language's statistics: say so."""
         mixing = (self.cfg.get("train_ds") or {}).get("mixing") or {}
         if self.lid_head is None or not mixing.get("per_batch", False):
+            return
+        if self.cfg.get("freeze_batch_norm_after") is not None:
             return
         norms = sorted({type(m).__name__ for m in self.encoder.modules() if isinstance(m, _BATCH_NORMS)})
         if norms:
@@ -416,7 +445,8 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
                 f"model.encoder uses {', '.join(norms)} and every training batch holds one language "
                 "(model.train_ds.mixing.per_batch): the batch statistics then come from one language, which "
                 "hides much of what the LID head learns from. Use an encoder without BatchNorm (the default "
-                "ConformerEncoder with conv_norm_type: layer_norm) or model.train_ds.mixing.per_batch=false."
+                "ConformerEncoder with conv_norm_type: layer_norm), model.freeze_batch_norm_after=N (running "
+                "statistics from step N on) or model.train_ds.mixing.per_batch=false."
             )
 
     # ---- properties -----------------------------------------------------------------------
