@@ -334,6 +334,54 @@ def test_lightning_fit_with_one_language_per_batch(manifests, architecture):
     assert "val_wer" in trainer.callback_metrics
 
 
+class _BatchNormModes(pl.Callback):
+    """After each training step: whether the encoder's BatchNorm layers ran in training mode, and their running mean."""
+
+    def __init__(self):
+        self.training, self.means = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        norms = [m for m in pl_module.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+        self.training.append(all(m.training for m in norms))
+        self.means.append(norms[0].running_mean.clone())
+
+
+def test_batch_norm_statistics_freeze_after_n_steps_and_warning(manifests, monkeypatch):
+    from nemo.utils import logging
+
+    logged = []
+    monkeypatch.setattr(logging, "warning", lambda msg, *args, **kw: logged.append(msg))
+    train = {"manifest_filepath": list(manifests.values()), "mixing": {"per_batch": True, "weights": "count"}}
+
+    def fit(freeze_after):
+        logged.clear()
+        model = MultiSoftmaxRNNTModel(ms_cfg("batchnorm", freeze_batch_norm_after=freeze_after))
+        modes = _BatchNormModes()
+        trainer = cpu_trainer(4, callbacks=[modes])
+        model.set_trainer(trainer)
+        model.setup_training_data(OmegaConf.merge(model.cfg.train_ds, train))
+        trainer.fit(model)
+        return model, modes
+
+    # Without freezing: BatchNorm keeps batch statistics, and the user is told why that hurts the LID head.
+    _, modes = fit(None)
+    assert modes.training == [True] * 4
+    assert any("BatchNorm1d" in m and "freeze_batch_norm_after" in m for m in logged)
+    # Frozen from step 2 on: eval mode (running statistics no longer move), affine weights still train.
+    model, modes = fit(2)
+    assert modes.training == [True, True, False, False]
+    assert not torch.equal(modes.means[0], modes.means[1])
+    assert torch.equal(modes.means[1], modes.means[2]) and torch.equal(modes.means[2], modes.means[3])
+    assert not any("BatchNorm1d" in m for m in logged)
+    # The default encoder has no BatchNorm: no warning.
+    logged.clear()
+    model = MultiSoftmaxRNNTModel(ms_cfg())
+    model.set_trainer(cpu_trainer(1))
+    model.setup_training_data(OmegaConf.merge(model.cfg.train_ds, train))
+    model.trainer.fit(model)
+    assert not any("BatchNorm" in m for m in logged)
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 
@@ -380,6 +428,8 @@ def test_bad_language_configs(languages, match):
         ({"lid": {"enabled": True, "weight": "high"}}, r"model\.lid\.weight"),
         ({"lid": {"enabled": True, "wieght": 1.0}}, r"model\.lid\.wieght"),
         ({"lid_free": {"min_frames": -1, "threshold": 0.5}}, r"model\.lid_free\.min_frames"),
+        ({"freeze_batch_norm_after": -3}, r"model\.freeze_batch_norm_after"),
+        ({"freeze_batch_norm_after": "soon"}, r"model\.freeze_batch_norm_after"),
     ],
 )
 def test_bad_lid_and_label_values(changes, match):
