@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", choices=("conf", "quartznet"), default="conf")
     p.add_argument("--freeze-bn-after", type=int, default=None, help="model.freeze_batch_norm_after (steps)")
     p.add_argument("--architectures", default="multisoftmax,vanilla,onehot")
+    p.add_argument("--eval-batch", type=int, default=64, help="utterances per decoding batch in evaluation")
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -115,16 +116,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ms = models["multisoftmax"]
     if "vanilla" in models:
-        rows["vanilla (LID-free)"] = evaluate(models["vanilla"], test, "lid_free")
+        rows["vanilla (LID-free)"] = evaluate(models["vanilla"], test, "lid_free", args.eval_batch)
     if "onehot" in models:
-        rows["onehot (known language)"] = evaluate(models["onehot"], test, "known")
+        rows["onehot (known language)"] = evaluate(models["onehot"], test, "known", args.eval_batch)
     for mode in ("known", "lid_free", "oracle"):
-        rows[f"multisoftmax ({mode})"] = evaluate(ms, test, mode)
+        rows[f"multisoftmax ({mode})"] = evaluate(ms, test, mode, args.eval_batch)
     table = format_table(rows, langs, rows.get("vanilla (LID-free)"))
     (out / "results.md").write_text(table + "\n", encoding="utf-8")  # kept if the sweep does not finish
     print(table, f"\nevaluated in {time.time() - t0:.0f} s", flush=True)
     points = sweep(ms, test, [(float("inf"), float("inf")), (100, 0.5), (30, 1.0), (30, 0.5), (10, 0.5),
-                              (10, 0.2)])
+                              (10, 0.2)], batch_size=args.eval_batch)
     plot_sweep(points, str(out / "sweep.png"))
     sweep_md = ["| τ (frames) | s_th | WER % | T_avg | LID acc % |", "|---:|---:|---:|---:|---:|"]
     sweep_md += [f"| {q['tau']:g} | {q['s_th']:g} | {q['wer']:.2f} | {q['t_avg']:.2f} | {q['lid_accuracy']:.1f} |"
