@@ -163,8 +163,9 @@ class StackedLanguageDecoding:
     @torch.no_grad()
     def refresh(self, device: torch.device) -> None:
         """Bring the stacked embedding and joint weights up to date with the model's (and onto ``device``)."""
-        self.decoder.to(device)
-        self.joint.to(device)
+        first = self._decoders[self.languages[0]].prediction["embed"].weight
+        self.decoder.prediction["embed"].to(device=device, dtype=first.dtype)  # the LSTM is the model's own
+        self.joint.to(device=device, dtype=next(iter(self.joint._joints.values())).pred.weight.dtype)
         rows = [self._decoders[lang].prediction["embed"].weight[: self.vocab_sizes[lang]] for lang in self.languages]
         embed = self.decoder.prediction["embed"].weight
         embed[: self.joint.total].copy_(torch.cat(rows, dim=0))
