@@ -15,6 +15,7 @@ from nemo.collections.asr.models import EncDecRNNTModel
 from omegaconf import OmegaConf
 
 from nemo_tl.data.synthetic import make_tone_manifest, write_manifest
+from nemo_tl.decoding.lid_free import early_stopping
 from nemo_tl.decoding.multilingual_eval import evaluate, format_table, language_wers, plot_sweep, sweep, werr
 from nemo_tl.errors import InputError
 from nemo_tl.losses.lid import frame_lid_loss
@@ -71,6 +72,15 @@ def lang_batch(model, manifest):
     """All utterances of one manifest as one collated batch (signal, len, tokens, len, lang_ids)."""
     ds = model._manifest_dataset(OmegaConf.create({"manifest_filepath": manifest, "sample_rate": 16000}))
     return ds.collate_fn([ds[i] for i in range(len(ds))])
+
+
+def lang_batch_of_files(model, paths):
+    """The audio of ``paths`` as one padded batch (signal, lengths), as transcribe() loads it."""
+    import soundfile as sf
+
+    waves = [torch.as_tensor(sf.read(p, dtype="float32")[0]) for p in paths]
+    lengths = torch.tensor([len(w) for w in waves])
+    return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths
 
 
 def specific_params(model, lang):
@@ -171,6 +181,27 @@ def test_lid_free_decoding_equals_per_language_decoding(manifests, lsp):
     for i, h in enumerate(stopped):
         assert h.lang in h.lang_hypotheses and h.text == known[h.lang][i].text
         assert 0.0 < h.t_avg < 3.0
+    # Batched: a decoder switched off at t_l^off decodes only its first t_l^off frames.
+    if not lsp:
+        seen = []
+        stacked = model._stacked_decoding()
+        decode = stacked.decoding.rnnt_decoder_predictions_tensor
+
+        def spy(encoded, lengths, **kwargs):
+            seen.append(lengths.clone())
+            return decode(encoded, lengths, **kwargs)
+
+        stacked.decoding.rnnt_decoder_predictions_tensor = spy
+        again = model.transcribe(audio[:3], batch_size=3, verbose=False, min_frames=0, threshold=0.0)
+        lengths = seen[0].view(len(LANGS), 3).t()  # (utterance, language)
+        batch = lang_batch_of_files(model, audio[:3])
+        encoded, encoded_len = model.encode(batch[0], batch[1])
+        t_off, active, _ = early_stopping(model.lid_log_posteriors(encoded), encoded_len, min_frames=0, threshold=0.0)
+        for i, h in enumerate(again):
+            for j, lang in enumerate(LANGS):
+                runs = bool(active[i, j]) or lang == h.lang
+                assert int(lengths[i, j]) == (int(encoded_len[i]) if runs else int(t_off[i, j]))
+        assert (lengths < encoded_len.view(-1, 1)).any()
     # A language per file.
     per_file = model.transcribe(audio[:3], batch_size=2, verbose=False, lang=["hi", "en", "ru"])
     assert [h.text for h in per_file] == [known[lang][i].text for i, lang in enumerate(["hi", "en", "ru"])]
