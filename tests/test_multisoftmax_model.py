@@ -560,7 +560,7 @@ def test_fused_joint_gives_the_plain_loss_gradients_and_wer(manifests, architect
                 assert grad_f[name] is None, name
             else:
                 assert torch.allclose(grad_f[name], g, atol=1e-5), name
-    if architecture == "multisoftmax":  # a new decoding strategy brings new WER objects: validation wires them
+    if architecture == "multisoftmax":  # a new decoding strategy brings new WER objects, wired into the joints
         fused.change_decoding_strategy(fused.cfg.decoding, verbose=False)
         fused.validation_pass(batch, 0)
         assert all(fused.joint[lang].wer is fused.lang_wer[lang] for lang in LANGS)

@@ -386,7 +386,6 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
                 }
             )
             self.change_decoding_strategy(self.cfg.decoding, verbose=False)
-            self._wire_fused_joints()
 
     def _wire_fused_joints(self) -> None:
         """With ``joint.fuse_loss_wer``, give each language's NeMo joint its language's loss and WER.
@@ -515,6 +514,7 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         first = self.languages[0]
         self.decoding = self.lang_decoding[first]  # what NeMo helpers that read model.decoding / wer see
         self.wer = self.lang_wer[first]
+        self._wire_fused_joints()  # the fused joints compute WER with these new metrics
         for lang in self.languages:
             self.joint[lang].temperature = decoding_cfg.get("temperature", 1.0)
         with open_dict(self.cfg):
@@ -649,6 +649,23 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         for i in present:
             yield self.languages[i], (lang_ids == i).nonzero(as_tuple=True)[0]
 
+    def _language_groups(self, lang_ids, encoded, encoded_len, transcript, transcript_len):
+        """Yield ``(lang, encoded, encoded_len, transcript, transcript_len)`` per language in the batch.
+
+        ``lang`` is None for the union-softmax baselines (the whole batch). A language's transcripts
+        are cropped to its longest one.
+        """
+        if not self.is_multisoftmax:
+            yield None, encoded, encoded_len, transcript, transcript_len
+            return
+        for lang, rows in self._groups(lang_ids):
+            if rows is None:
+                yield lang, encoded, encoded_len, transcript, transcript_len
+            else:
+                tr_len = transcript_len[rows]
+                tr = transcript[rows][:, : max(int(tr_len.max()), 1)]
+                yield lang, encoded[rows], encoded_len[rows], tr, tr_len
+
     def rnnt_loss(
         self,
         encoded: torch.Tensor,
@@ -667,12 +684,8 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         """
         total = encoded.new_zeros(())
         batch = encoded.shape[0]
-        groups = self._groups(lang_ids) if self.is_multisoftmax else [(None, None)]
-        for lang, rows in groups:
-            enc, enc_len, tr, tr_len = encoded, encoded_len, transcript, transcript_len
-            if rows is not None:
-                enc, enc_len, tr_len = encoded[rows], encoded_len[rows], transcript_len[rows]
-                tr = transcript[rows][:, : max(int(tr_len.max()), 1)]
+        groups = self._language_groups(lang_ids, encoded, encoded_len, transcript, transcript_len)
+        for lang, enc, enc_len, tr, tr_len in groups:
             by_lang = {} if lang is None else {"lang": lang}
             decoder, target_length, _ = self.decoder(targets=tr, target_length=tr_len, **by_lang)
             if self.joint.fuse_loss_wer:
@@ -719,12 +732,8 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         _, _, transcript, transcript_len, lang_ids = batch
         num = torch.zeros((), dtype=torch.long, device=encoded.device)
         denom = torch.zeros((), dtype=torch.long, device=encoded.device)
-        self._wire_fused_joints()  # change_decoding_strategy may have rebuilt the per-language WERs
-        groups = self._groups(lang_ids) if self.is_multisoftmax else [(None, None)]
-        for lang, rows in groups:
-            enc, enc_len, tr, tr_len = encoded, encoded_len, transcript, transcript_len
-            if rows is not None:
-                enc, enc_len, tr, tr_len = encoded[rows], encoded_len[rows], transcript[rows], transcript_len[rows]
+        groups = self._language_groups(lang_ids, encoded, encoded_len, transcript, transcript_len)
+        for lang, enc, enc_len, tr, tr_len in groups:
             wer = self.wer if lang is None else self.lang_wer[lang]
             # Ranks may see different languages in a batch: no sync per language, one all-reduce below.
             to_sync, wer._to_sync = wer._to_sync, False
