@@ -54,10 +54,12 @@ class Run:
     size: str
     teachers: tuple[int, ...] = ()
     uncertainty: bool = False
+    selective: bool = False  # two teachers: ``conditional`` + ``teacher_weighting: confidence`` instead of γ_k = 1/K
 
     @property
     def method(self) -> str:
-        return "-" if not self.teachers else "tok-KD + unc-KD" if self.uncertainty else "tok-KD"
+        method = "-" if not self.teachers else "tok-KD + unc-KD" if self.uncertainty else "tok-KD"
+        return method + " (conditional, confidence-weighted)" if self.selective else method
 
 
 RUNS = (
@@ -66,6 +68,7 @@ RUNS = (
     Run("tok_unc_1", "student", (0,), True),
     Run("tok_12", "student", (0, 1)),
     Run("tok_unc_12", "student", (0, 1), True),
+    Run("tok_unc_12_sel", "student", (0, 1), True, selective=True),
     Run("small_base", "small"),
     Run("small_tok_unc_1", "small", (0,), True),
     Run("small_tok_unc_12", "small", (0, 1), True),
@@ -81,6 +84,8 @@ CLAIMS = (
     ("tok_unc_12", "KD beats the baseline", "base"),
     ("tok_unc_12", "unc-KD adds to tok-KD", "tok_12"),
     ("tok_unc_12", "two teachers beat one", "tok_unc_1"),
+    ("tok_unc_12_sel", "two teachers beat one", "tok_unc_1"),
+    ("tok_unc_12_sel", "per-utterance teacher selection beats fixed γ_k", "tok_unc_12"),
     ("small_base", "the smaller student is worse (Kim et al. Table 2)", "base"),
     ("small_tok_unc_1", "KD beats the baseline", "small_base"),
     ("small_tok_unc_12", "KD beats the baseline", "small_base"),
@@ -274,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             model_cls = DistillCTCModel
             kd.teachers = [{"model": teacher_paths[k], "weight": 1.0 / len(run.teachers)} for k in run.teachers]
             kd.uncertainty = run.uncertainty
+            if run.selective:
+                kd.conditional, kd.teacher_weighting = True, "confidence"
             if not args.online and run.teachers not in caches:
                 start = time.time()
                 directory = out / "kd_cache" / "_".join(domains[k] for k in run.teachers)
@@ -292,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         del model
         results["rows"][run.key] = {"size": run.size, "teachers": [domains[k] for k in run.teachers],
                                     "method": run.method, **info}
+        if run.teachers:
+            results["rows"][run.key]["kd"] = {k: cfg.distillation[k] for k in ("conditional", "teacher_weighting")}
         results["claims"] = check_claims(results["rows"])
         md = save(results, out)
         stage(f"{run.size} {run.key}", info["build_s"] + info["train_s"] + time.time() - start,

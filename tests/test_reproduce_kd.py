@@ -63,6 +63,8 @@ def test_rows_differ_in_their_kd_losses_as_labelled(smoke):
     for key in ("tok_unc_1", "tok_unc_12", "small_tok_unc_12"):
         assert rows[key]["last_losses"]["tok_kd_loss"] > 0 and rows[key]["last_losses"]["unc_kd_loss"] > 0
     assert rows["tok_12"]["teachers"] == ["en-us", "en-gb-scotland"]
+    assert rows["tok_unc_12"]["kd"] == {"conditional": False, "teacher_weighting": "fixed"}
+    assert rows["tok_unc_12_sel"]["kd"] == {"conditional": True, "teacher_weighting": "confidence"}
     assert rows["small_base"]["params"] < rows["base"]["params"] < results["teachers"]["en-us"]["params"]
 
 
