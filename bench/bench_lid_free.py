@@ -18,6 +18,11 @@ decoding emits about ``--symbols-per-frame`` labels per encoder frame (150 chara
 frames for 10 s of speech at 8x subsampling: 1.2), as a trained model would; the report gives
 the rate actually emitted. The LID head is untrained: T_avg and which decoders
 early stopping switches off are those of an untrained head, not of a trained one.
+
+With ``--checkpoint model.nemo --manifests en.json,hi.json,...`` it times a trained model instead:
+one batch of the first ``--batch-size`` utterances of each language's manifest (real speech, in
+the model's LID order), no blank calibration, and the LID accuracy of the trained head.
+(``examples/reproduce_multilingual.py --save`` writes such a model and its test manifests.)
 """
 
 from __future__ import annotations
@@ -94,11 +99,86 @@ def calibrate_blank(
     return found
 
 
+def force_cuda_graph_decoders(model, mode: str | None = None) -> None:
+    """Rebuild every language's decoding and the stacked LID-free decoding with NeMo's CUDA-graph decoder on.
+
+    ``MultiSoftmaxRNNTModel.change_decoding_strategy`` turns ``use_cuda_graph_decoder`` off (an
+    illegal memory access seen at graph replay with several language decoders); this bypasses it.
+    """
+    from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTDecoding, RNNTDecodingConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from nemo_tl.decoding.stacked import StackedLanguageDecoding
+
+    defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(RNNTDecodingConfig)))
+    cfg = OmegaConf.merge(defaults, model.cfg.decoding)
+    with open_dict(cfg):
+        cfg.greedy.use_cuda_graph_decoder = True
+    model.lang_decoding = {
+        lang: RNNTDecoding(decoding_cfg=cfg, decoder=model.decoder[lang], joint=model.joint[lang], vocabulary=labels)
+        for lang, labels in model.vocabularies.items()
+    }
+    stacked = StackedLanguageDecoding(
+        {lang: model.decoder[lang] for lang in model.languages},
+        {lang: model.joint[lang] for lang in model.languages},
+        model.vocabularies,
+        cfg,
+    )
+    model.__dict__["_stacked"] = (model.cfg.decoding, stacked)
+    if mode is not None:
+        for decoding in [*model.lang_decoding.values(), stacked.decoding]:
+            decoding.decoding.decoding_computer.force_cuda_graphs_mode(mode)
+
+
+def manifest_batches(model, manifests: str | None, batch_size: int, device: str) -> dict[str, dict]:
+    """``{lang: {"own": (audio (B, S), lengths (B,))}}``: the first ``batch_size`` utterances of each manifest."""
+    import soundfile as sf
+    import torch
+
+    from nemo_tl.data.manifest import read_manifest
+
+    paths = (manifests or "").split(",")
+    if len(paths) != len(model.languages):
+        raise SystemExit(f"--manifests: give one test manifest per language {list(model.languages)}, in that order")
+    out = {}
+    for lang, path in zip(model.languages, paths):
+        entries = read_manifest(path)[:batch_size]
+        waves = []
+        for e in entries:
+            wav, rate = sf.read(os.path.join(os.path.dirname(path), e["audio_filepath"]), dtype="float32")
+            if rate != model.cfg.sample_rate:
+                raise SystemExit(
+                    f"{path}: {e['audio_filepath']} is {rate} Hz; the model takes {model.cfg.sample_rate} Hz"
+                )
+            waves.append(torch.from_numpy(wav))
+        lengths = torch.tensor([len(w) for w in waves])
+        audio = torch.zeros(len(waves), int(lengths.max()))
+        for i, w in enumerate(waves):
+            audio[i, : len(w)] = w
+        out[lang] = {"own": (audio.to(device), lengths.to(device))}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.splitlines()[0])
     add_model_args(p)
     p.add_argument("--symbols-per-frame", type=float, default=None, help="default: chars / encoder frames")
     p.add_argument("--no-cuda-graphs", action="store_true", help="NeMo's greedy_batch decoding without CUDA graphs")
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="force NeMo's CUDA-graph greedy decoders on (the model turns them off); checks the texts too",
+    )
+    p.add_argument(
+        "--graphs-mode",
+        choices=("full_graph", "no_while_loops"),
+        default=None,
+        help="with --cuda-graphs: NeMo's CUDA-graph mode (default: NeMo's choice, full_graph where it can)",
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="a trained MultiSoftmaxRNNTModel .nemo (instead of random weights)"
+    )
+    p.add_argument("--manifests", default=None, help="with --checkpoint: one test manifest per language, LID order")
     args = p.parse_args(argv)
     finish_args(args, precisions=("fp32", "bf16"), warmup=2, steps=10)
     finish_model_args(args)
@@ -116,7 +196,13 @@ def bench(args, results: Results) -> None:
     from nemo_tl.models.multisoftmax_rnnt import MultilingualTranscribeConfig, MultiSoftmaxRNNTModel
 
     device = args.device
-    model = MultiSoftmaxRNNTModel(cfg=multilingual_cfg(args, "multisoftmax"))
+    trained = args.checkpoint is not None
+    if trained:
+        model = MultiSoftmaxRNNTModel.restore_from(args.checkpoint, map_location="cpu")
+    else:
+        model = MultiSoftmaxRNNTModel(cfg=multilingual_cfg(args, "multisoftmax"))
+    if args.no_cuda_graphs and args.cuda_graphs:
+        raise SystemExit("--no-cuda-graphs and --cuda-graphs exclude each other")
     if args.no_cuda_graphs:
         from omegaconf import open_dict
 
@@ -126,10 +212,14 @@ def bench(args, results: Results) -> None:
         model.change_decoding_strategy(decoding, verbose=False)
     model.to(device)
     model.eval()
-    vocabularies = synthetic_vocabularies({lang: n for lang, (n, _) in LANGUAGES.items()})
-    batches = language_batches(args, vocabularies)
+    if trained:
+        batches = manifest_batches(model, args.manifests, args.batch_size, device)
+    else:
+        vocabularies = synthetic_vocabularies({lang: n for lang, (n, _) in LANGUAGES.items()})
+        batches = language_batches(args, vocabularies)
     with torch.inference_mode():
-        frames = int(model.encode(*batches[model.languages[0]]["own"][:2])[1][0])  # encoder frames per utterance
+        lengths = torch.cat([model.encode(*b["own"][:2])[1] for b in batches.values()])
+        frames = float(lengths.float().mean())  # encoder frames per utterance
     spf = args.symbols_per_frame or args.chars / frames
     tau, s_th = float(model.cfg.lid_free.min_frames), float(model.cfg.lid_free.threshold)
 
@@ -146,10 +236,35 @@ def bench(args, results: Results) -> None:
         "LID-free, no early stopping": lambda lang: (None, math.inf),
         f"LID-free, early stopping (τ={tau:g}, s_th={s_th:g})": lambda lang: (None, None),
     }
-    out = {"setup": {"symbols_per_frame_target": spf, "tau": tau, "s_th": s_th}}
+    out = {
+        "setup": {
+            "symbols_per_frame_target": None if trained else spf,
+            "tau": tau,
+            "s_th": s_th,
+            "checkpoint": args.checkpoint,
+            "languages": list(model.languages),
+            "encoder_frames": frames,
+        }
+    }
     rows = []
     for precision in args.precisions:
-        calibration = calibrate_blank(model, batches, frames, spf, device, precision)
+        calibration = None if trained else calibrate_blank(model, batches, frames, spf, device, precision)
+        mismatches = None
+        if args.cuda_graphs:  # texts without graphs first, then the same decodings with them
+            reference = {
+                (mode, lang): [h.text for h in decode(batches[lang]["own"], *spec(lang), precision)]
+                for mode, spec in modes.items()
+                for lang in model.languages
+            }
+            saved = model.lang_decoding, model.__dict__.get("_stacked")
+            force_cuda_graph_decoders(model, args.graphs_mode)
+            mismatches = {
+                f"{mode} [{lang}]": sum(
+                    a != h.text for a, h in zip(texts, decode(batches[lang]["own"], *modes[mode](lang), precision))
+                )
+                for (mode, lang), texts in reference.items()
+            }
+            print(f"{precision}: CUDA-graph decoding vs without, differing texts: {mismatches}", flush=True)
         variants = []
         for mode, spec in modes.items():
             for lang in model.languages:
@@ -172,7 +287,9 @@ def bench(args, results: Results) -> None:
                 "per_language_ms": {lang: r[f"{mode} [{lang}]"]["median_ms"] for lang in model.languages},
                 "t_avg": statistics.mean(float(h.t_avg) for _, h in hyps),
                 "symbols_per_frame": statistics.mean(emitted),
-                "lid_accuracy_untrained": statistics.mean(float(h.lang == lang) for lang, h in hyps),
+                "lid_accuracy" + ("" if trained else "_untrained"): statistics.mean(
+                    float(h.lang == lang) for lang, h in hyps
+                ),
             }
         known = per_mode["known language"]["total_ms"]
         for mode, m in per_mode.items():
@@ -189,11 +306,34 @@ def bench(args, results: Results) -> None:
                     f"{m['symbols_per_frame']:.2f}",
                 ]
             )
-        out[precision] = {"modes": per_mode, "by_variant": r, "blank_calibration": calibration}
+        out[precision] = {
+            "modes": per_mode,
+            "by_variant": r,
+            "blank_calibration": calibration,
+            "cuda_graphs": bool(args.cuda_graphs),
+            "graph_text_mismatches": mismatches,
+        }
+        if args.cuda_graphs:
+            model.lang_decoding, model.__dict__["_stacked"] = saved
         results.add("lid_free", out)
-    print(f"\n### LID-free vs known-language decoding, 4 languages x batch {args.batch_size} ({args.steps} steps)\n")
+    what = f"trained model {args.checkpoint}" if trained else "random weights, calibrated blank"
     print(
-        markdown_table(["precision", "decoding", "ms (4 batches)", "vs known", "goal", "T_avg", "labels/frame"], rows)
+        f"\n### LID-free vs known-language decoding, {len(model.languages)} languages x batch {args.batch_size} "
+        f"({what}; {args.steps} steps)\n"
+    )
+    print(
+        markdown_table(
+            [
+                "precision",
+                "decoding",
+                f"ms ({len(model.languages)} batches)",
+                "vs known",
+                "goal",
+                "T_avg",
+                "labels/frame",
+            ],
+            rows,
+        )
     )
 
 

@@ -26,18 +26,49 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 # ``--encoder quartznet``: a QuartzNet-style BatchNorm encoder (2x subsampling), 256 channels.
-QUARTZNET_BLOCKS = [(1, 33, 1, 0.0, False), (3, 33, 1, 0.1, True), (3, 39, 1, 0.1, True), (3, 51, 1, 0.1, True),
-                    (3, 63, 1, 0.1, True), (1, 87, 2, 0.1, False)]  # repeat, kernel, dilation, dropout, residual
+QUARTZNET_BLOCKS = [
+    (1, 33, 1, 0.0, False),
+    (3, 33, 1, 0.1, True),
+    (3, 39, 1, 0.1, True),
+    (3, 51, 1, 0.1, True),
+    (3, 63, 1, 0.1, True),
+    (1, 87, 2, 0.1, False),
+]  # repeat, kernel, dilation, dropout, residual
 
 
 def quartznet_encoder(features: int, hidden: int) -> dict:
-    blocks = [{"filters": 256, "repeat": r, "kernel": [k], "stride": [2 if i == 0 else 1], "dilation": [d],
-               "dropout": p, "residual": res, "separable": True}
-              for i, (r, k, d, p, res) in enumerate(QUARTZNET_BLOCKS)]
-    blocks.append({"filters": hidden, "repeat": 1, "kernel": [1], "stride": [1], "dilation": [1], "dropout": 0.0,
-                   "residual": False, "separable": False})
-    return {"_target_": "nemo.collections.asr.modules.ConvASREncoder", "feat_in": features, "activation": "relu",
-            "conv_mask": True, "jasper": blocks}
+    blocks = [
+        {
+            "filters": 256,
+            "repeat": r,
+            "kernel": [k],
+            "stride": [2 if i == 0 else 1],
+            "dilation": [d],
+            "dropout": p,
+            "residual": res,
+            "separable": True,
+        }
+        for i, (r, k, d, p, res) in enumerate(QUARTZNET_BLOCKS)
+    ]
+    blocks.append(
+        {
+            "filters": hidden,
+            "repeat": 1,
+            "kernel": [1],
+            "stride": [1],
+            "dilation": [1],
+            "dropout": 0.0,
+            "residual": False,
+            "separable": False,
+        }
+    )
+    return {
+        "_target_": "nemo.collections.asr.modules.ConvASREncoder",
+        "feat_in": features,
+        "activation": "relu",
+        "conv_mask": True,
+        "jasper": blocks,
+    }
 
 
 def train(cfg, steps: int):
@@ -67,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--architectures", default="multisoftmax,vanilla,onehot")
     p.add_argument("--eval-batch", type=int, default=64, help="utterances per decoding batch in evaluation")
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
+    p.add_argument("--save", action="store_true", help="also write the multi-softmax model to OUT/multisoftmax.nemo")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -106,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg.encoder.n_layers = args.layers
         if args.encoder == "quartznet":
             cfg.encoder = quartznet_encoder(cfg.preprocessor.features, cfg.model_defaults.enc_hidden)
-            cfg.optim = {"name": "novograd", "lr": 0.01, "betas": [0.8, 0.25], "weight_decay": 0.001,
-                         "sched": {"name": "CosineAnnealing", "warmup_ratio": 0.12, "min_lr": 1e-5}}
+            cfg.optim = {
+                "name": "novograd",
+                "lr": 0.01,
+                "betas": [0.8, 0.25],
+                "weight_decay": 0.001,
+                "sched": {"name": "CosineAnnealing", "warmup_ratio": 0.12, "min_lr": 1e-5},
+            }
         cfg.freeze_batch_norm_after = args.freeze_bn_after
         torch.manual_seed(args.seed)
         models[architecture], seconds = train(cfg, args.steps)
@@ -115,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{architecture}: trained {args.steps} steps in {seconds:.0f} s", flush=True)
 
     ms = models["multisoftmax"]
+    if args.save:
+        from nemo_tl.utils.atomic import atomic_save_to
+
+        atomic_save_to(ms, str(out / "multisoftmax.nemo"))
     if "vanilla" in models:
         rows["vanilla (LID-free)"] = evaluate(models["vanilla"], test, "lid_free", args.eval_batch)
     if "onehot" in models:
@@ -124,15 +165,23 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows, langs, rows.get("vanilla (LID-free)"))
     (out / "results.md").write_text(table + "\n", encoding="utf-8")  # kept if the sweep does not finish
     print(table, f"\nevaluated in {time.time() - t0:.0f} s", flush=True)
-    points = sweep(ms, test, [(float("inf"), float("inf")), (100, 0.5), (30, 1.0), (30, 0.5), (10, 0.5),
-                              (10, 0.2)], batch_size=args.eval_batch)
+    points = sweep(
+        ms,
+        test,
+        [(float("inf"), float("inf")), (100, 0.5), (30, 1.0), (30, 0.5), (10, 0.5), (10, 0.2)],
+        batch_size=args.eval_batch,
+    )
     plot_sweep(points, str(out / "sweep.png"))
     sweep_md = ["| τ (frames) | s_th | WER % | T_avg | LID acc % |", "|---:|---:|---:|---:|---:|"]
-    sweep_md += [f"| {q['tau']:g} | {q['s_th']:g} | {q['wer']:.2f} | {q['t_avg']:.2f} | {q['lid_accuracy']:.1f} |"
-                 for q in points]
+    sweep_md += [
+        f"| {q['tau']:g} | {q['s_th']:g} | {q['wer']:.2f} | {q['t_avg']:.2f} | {q['lid_accuracy']:.1f} |"
+        for q in points
+    ]
     md = table + "\n\n" + "\n".join(sweep_md)
-    results["rows"] = {name: {"mode": r.mode, "wers": r.wers, "lid_accuracy": r.lid_accuracy, "t_avg": r.t_avg}
-                       for name, r in rows.items()}
+    results["rows"] = {
+        name: {"mode": r.mode, "wers": r.wers, "lid_accuracy": r.lid_accuracy, "t_avg": r.t_avg}
+        for name, r in rows.items()
+    }
     results["sweep"] = points
     (out / "results.md").write_text(md + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")

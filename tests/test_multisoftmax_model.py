@@ -160,10 +160,12 @@ def test_lid_loss_reaches_encoder_and_head_only(manifests):
 def test_lid_free_decoding_equals_per_language_decoding(manifests, lsp):
     model = MultiSoftmaxRNNTModel(ms_cfg(language_specific_prediction=lsp))
     model.eval()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     # Shared LSTM: every language decoded in one batched NeMo decoding; LSP: one decoder after another.
     assert (model._stacked_decoding() is None) == lsp
     audio = [f for lang in LANGS for f in files(manifests[lang])]
     free = model.transcribe(audio, batch_size=3, verbose=False, min_frames=math.inf)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable  # training can go on
     known = {lang: model.transcribe(audio, batch_size=3, verbose=False, lang=lang) for lang in LANGS}
     for i, h in enumerate(free):
         assert set(h.lang_hypotheses) == set(LANGS)

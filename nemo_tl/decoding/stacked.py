@@ -64,10 +64,15 @@ class StackedLanguageJoint(NeuralModule):
         self.temperature = first.temperature
         self.activation = first.joint_net[0]
         langs, hidden, pred_hidden = len(self.languages), first.joint_hidden, first.pred_hidden
-        self.register_buffer("pred_weight", torch.zeros(langs, pred_hidden, hidden), persistent=False)
-        self.register_buffer("pred_bias", torch.zeros(langs, 1, hidden), persistent=False)
-        self.register_buffer("out_weight", torch.zeros(langs, hidden, self.num_classes_with_blank), persistent=False)
-        self.register_buffer("out_bias", torch.zeros(langs, 1, self.num_classes_with_blank), persistent=False)
+        # Frozen parameters rather than buffers: NeMo's CUDA-graph decoder reads the joint's dtype from
+        # ``next(joint.parameters())``; refresh() copies into them in place, so captured graphs stay valid.
+        def frozen(*shape: int) -> torch.nn.Parameter:
+            return torch.nn.Parameter(torch.zeros(*shape), requires_grad=False)
+
+        self.pred_weight = frozen(langs, pred_hidden, hidden)
+        self.pred_bias = frozen(langs, 1, hidden)
+        self.out_weight = frozen(langs, hidden, self.num_classes_with_blank)
+        self.out_bias = frozen(langs, 1, self.num_classes_with_blank)
         self._sizes = sizes
 
     @torch.no_grad()
@@ -142,8 +147,8 @@ class StackedLanguageDecoding:
             random_state_sampling=first.random_state_sampling,
             blank_as_pad=first.blank_as_pad,
         )
+        self.decoder.requires_grad_(False)  # before the LSTM goes in: the model's LSTM keeps training
         self.decoder.prediction["dec_rnn"] = first.prediction["dec_rnn"]  # the shared LSTM itself
-        self.decoder.requires_grad_(False)
         cfg = OmegaConf.create(OmegaConf.to_container(decoding_cfg, resolve=True))
         with open_dict(cfg):
             cfg.strategy = "greedy_batch"
