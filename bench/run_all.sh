@@ -63,7 +63,7 @@ fi
 run transfer_ctc 100 "$py" bench/bench_transfer_ctc.py "${common[@]}" --out "$out/transfer_ctc.json"
 run multisoftmax 140 "$py" bench/bench_multisoftmax.py "${common[@]}" --out "$out/multisoftmax.json"
 run distill 90 "$py" bench/bench_distill.py "${common[@]}" --out "$out/distill.json"
-run lid_free 200 "$py" bench/bench_lid_free.py "${common[@]}" --out "$out/lid_free.json"
+run lid_free 450 "$py" bench/bench_lid_free.py "${common[@]}" --out "$out/lid_free.json"
 run mixed_loader 50 "$py" bench/bench_mixed_loader.py "${loader[@]}" --out "$out/mixed_loader.json"
 
 echo "=== report $(date -u +%H:%M:%S), benchmarks took $((SECONDS - start)) s" | tee -a "$log"

@@ -1,7 +1,9 @@
 """Joshi et al. 2021 Tables 2, 4, 5, 7 on synthesized speech, in one run.
 
-    python examples/reproduce_multilingual.py --out runs/ms --langs en,de,ru,hi --hours 0.25 \
-        --steps 800 --text digits
+    python examples/reproduce_multilingual.py --out runs/ms --langs en,de,ru,hi --hours 0.3 \
+        --steps 1500 --text digits --encoder quartznet --freeze-bn-after 300
+
+(the defaults; docs/RESULTS.md, setting C, third session, gives its results on one H200).
 
 1. Synthesizes one corpus per language (``nemo_tl.data.synth_corpus``; ``lang`` on every line).
 2. Trains ``conf/multisoftmax_rnnt.yaml`` three times on the same manifests with the same sampler
@@ -87,14 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--langs", default="en,de,ru,hi")
-    p.add_argument("--hours", type=float, default=0.25)
+    p.add_argument("--hours", type=float, default=0.3)
     p.add_argument("--text", default="digits")
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="default: conf/multisoftmax_rnnt.yaml optim.lr")
     p.add_argument("--layers", type=int, default=None, help="encoder layers (default: the config's)")
-    p.add_argument("--encoder", choices=("conf", "quartznet"), default="conf")
-    p.add_argument("--freeze-bn-after", type=int, default=None, help="model.freeze_batch_norm_after (steps)")
+    p.add_argument(
+        "--encoder",
+        choices=("conf", "quartznet"),
+        default="quartznet",
+        help="quartznet: a QuartzNet-style BatchNorm encoder; conf: conf/multisoftmax_rnnt.yaml's Conformer",
+    )
+    p.add_argument(
+        "--freeze-bn-after",
+        type=int,
+        default=300,
+        help="model.freeze_batch_norm_after (steps; -1: never; ignored by --encoder conf, which has no BatchNorm)",
+    )
     p.add_argument("--architectures", default="multisoftmax,vanilla,onehot")
     p.add_argument("--eval-batch", type=int, default=64, help="utterances per decoding batch in evaluation")
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
@@ -145,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 "weight_decay": 0.001,
                 "sched": {"name": "CosineAnnealing", "warmup_ratio": 0.12, "min_lr": 1e-5},
             }
-        cfg.freeze_batch_norm_after = args.freeze_bn_after
+        if args.encoder == "quartznet" and args.freeze_bn_after >= 0:
+            cfg.freeze_batch_norm_after = args.freeze_bn_after
         torch.manual_seed(args.seed)
         models[architecture], seconds = train(cfg, args.steps)
         results["train_seconds"][architecture] = seconds
