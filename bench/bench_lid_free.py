@@ -203,6 +203,8 @@ def bench(args, results: Results) -> None:
         model = MultiSoftmaxRNNTModel(cfg=multilingual_cfg(args, "multisoftmax"))
     if args.no_cuda_graphs and args.cuda_graphs:
         raise SystemExit("--no-cuda-graphs and --cuda-graphs exclude each other")
+    if args.graphs_mode and not args.cuda_graphs:
+        raise SystemExit("--graphs-mode needs --cuda-graphs")
     if args.no_cuda_graphs:
         from omegaconf import open_dict
 
