@@ -105,28 +105,17 @@ def force_cuda_graph_decoders(model, mode: str | None = None) -> None:
     ``MultiSoftmaxRNNTModel.change_decoding_strategy`` turns ``use_cuda_graph_decoder`` off (an
     illegal memory access seen at graph replay with several language decoders); this bypasses it.
     """
-    from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTDecoding, RNNTDecodingConfig
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
-    from nemo_tl.decoding.stacked import StackedLanguageDecoding
-
-    defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(RNNTDecodingConfig)))
-    cfg = OmegaConf.merge(defaults, model.cfg.decoding)
+    cfg = model.cfg.decoding.copy()  # already merged with NeMo's defaults by change_decoding_strategy
     with open_dict(cfg):
         cfg.greedy.use_cuda_graph_decoder = True
-    model.lang_decoding = {
-        lang: RNNTDecoding(decoding_cfg=cfg, decoder=model.decoder[lang], joint=model.joint[lang], vocabulary=labels)
-        for lang, labels in model.vocabularies.items()
-    }
-    stacked = StackedLanguageDecoding(
-        {lang: model.decoder[lang] for lang in model.languages},
-        {lang: model.joint[lang] for lang in model.languages},
-        model.vocabularies,
-        cfg,
-    )
+    model.lang_decoding = model._language_decodings(cfg)
+    stacked = model._new_stacked_decoding(cfg)
     model.__dict__["_stacked"] = (model.cfg.decoding, stacked)
     if mode is not None:
-        for decoding in [*model.lang_decoding.values(), stacked.decoding]:
+        stacked_decoding = [] if stacked is None else [stacked.decoding]
+        for decoding in [*model.lang_decoding.values(), *stacked_decoding]:
             decoding.decoding.decoding_computer.force_cuda_graphs_mode(mode)
 
 

@@ -493,12 +493,7 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             # NeMo 3.0) when several language decoders decoded in one process; decode without graphs.
             with open_dict(decoding_cfg):
                 decoding_cfg.greedy.use_cuda_graph_decoder = False
-        self.lang_decoding = {
-            lang: RNNTDecoding(
-                decoding_cfg=decoding_cfg, decoder=self.decoder[lang], joint=self.joint[lang], vocabulary=labels
-            )
-            for lang, labels in self.vocabularies.items()
-        }
+        self.lang_decoding = self._language_decodings(decoding_cfg)
         self.lang_wer = torch.nn.ModuleDict(
             {
                 lang: WER(
@@ -521,6 +516,15 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             self.cfg.decoding = decoding_cfg
         if verbose:
             logging.info(f"Changed decoding strategy of every language to\n{OmegaConf.to_yaml(decoding_cfg)}")
+
+    def _language_decodings(self, decoding_cfg: DictConfig) -> dict[str, RNNTDecoding]:
+        """One NeMo ``RNNTDecoding`` per language, over that language's decoder, joint and labels."""
+        return {
+            lang: RNNTDecoding(
+                decoding_cfg=decoding_cfg, decoder=self.decoder[lang], joint=self.joint[lang], vocabulary=labels
+            )
+            for lang, labels in self.vocabularies.items()
+        }
 
     def change_vocabulary(self, new_vocabulary: list[str], decoding_cfg: DictConfig | None = None) -> None:
         raise input_error(
@@ -958,16 +962,20 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         cached = self.__dict__.get("_stacked")
         if cached is not None and cached[0] is self.cfg.decoding:
             return cached[1]
-        stacked = None
-        if StackedLanguageDecoding.supports(self.decoder, self.cfg.decoding):
-            stacked = StackedLanguageDecoding(
-                {lang: self.decoder[lang] for lang in self.languages},
-                {lang: self.joint[lang] for lang in self.languages},
-                self.vocabularies,
-                self.cfg.decoding,
-            )
+        stacked = self._new_stacked_decoding(self.cfg.decoding)
         self.__dict__["_stacked"] = (self.cfg.decoding, stacked)
         return stacked
+
+    def _new_stacked_decoding(self, decoding_cfg: DictConfig) -> StackedLanguageDecoding | None:
+        """A batched all-languages greedy decoder for ``decoding_cfg``, or None where it cannot stack."""
+        if not StackedLanguageDecoding.supports(self.decoder, decoding_cfg):
+            return None
+        return StackedLanguageDecoding(
+            {lang: self.decoder[lang] for lang in self.languages},
+            {lang: self.joint[lang] for lang in self.languages},
+            self.vocabularies,
+            decoding_cfg,
+        )
 
     def _script_language(self, text: str, avg: torch.Tensor | None) -> str:
         """Language of a union-softmax hypothesis: most characters unique to one language (then LID, then first)."""
