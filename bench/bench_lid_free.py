@@ -19,6 +19,11 @@ frames for 10 s of speech at 8x subsampling: 1.2), as a trained model would; the
 the rate actually emitted. The LID head is untrained: T_avg and which decoders
 early stopping switches off are those of an untrained head, not of a trained one.
 
+Decoding runs as the model runs it: NeMo's CUDA-graph greedy decoder in ``no_while_loops`` mode
+(``model.cuda_graphs_mode``). ``--graphs no_while_loops off full_graph`` times several settings in
+one run, each checked first against the texts decoded without graphs; ``full_graph`` crashes as
+soon as two decoders replay in turn (NeMo, not nemo_tl: bench/repro_cuda_graphs.py).
+
 With ``--checkpoint model.nemo --manifests en.json,hi.json,...`` it times a trained model instead:
 one batch of the first ``--batch-size`` utterances of each language's manifest (real speech, in
 the model's LID order), no blank calibration, and the LID accuracy of the trained head.
@@ -99,24 +104,19 @@ def calibrate_blank(
     return found
 
 
-def force_cuda_graph_decoders(model, mode: str | None = None) -> None:
-    """Rebuild every language's decoding and the stacked LID-free decoding with NeMo's CUDA-graph decoder on.
+GRAPH_SETTINGS = ("no_while_loops", "off", "full_graph")
 
-    ``MultiSoftmaxRNNTModel.change_decoding_strategy`` turns ``use_cuda_graph_decoder`` off (an
-    illegal memory access seen at graph replay with several language decoders); this bypasses it.
-    """
-    from omegaconf import open_dict
 
-    cfg = model.cfg.decoding.copy()  # already merged with NeMo's defaults by change_decoding_strategy
-    with open_dict(cfg):
-        cfg.greedy.use_cuda_graph_decoder = True
-    model.lang_decoding = model._language_decodings(cfg)
-    stacked = model._new_stacked_decoding(cfg)
-    model.__dict__["_stacked"] = (model.cfg.decoding, stacked)
-    if mode is not None:
-        stacked_decoding = [] if stacked is None else [stacked.decoding]
-        for decoding in [*model.lang_decoding.values(), *stacked_decoding]:
-            decoding.decoding.decoding_computer.force_cuda_graphs_mode(mode)
+def set_graphs(model, setting: str) -> None:
+    """Every decoder of the model (each language's and the batched LID-free one) with NeMo's CUDA graphs
+    in ``setting``: ``no_while_loops`` (the model's default), ``off``, or ``full_graph`` (crashes once two
+    decoders replay in turn, see bench/repro_cuda_graphs.py)."""
+    model._stacked_decoding()  # build the batched decoder now, so that it is switched too
+    for decoding in model._decodings():
+        if setting == "off":
+            decoding.decoding.disable_cuda_graphs()
+        else:
+            decoding.decoding.decoding_computer.force_cuda_graphs_mode(setting)
 
 
 def manifest_batches(model, manifests: str | None, batch_size: int, device: str) -> dict[str, dict]:
@@ -152,17 +152,12 @@ def main(argv: list[str] | None = None) -> dict:
     p = base_parser(__doc__.splitlines()[0])
     add_model_args(p)
     p.add_argument("--symbols-per-frame", type=float, default=None, help="default: chars / encoder frames")
-    p.add_argument("--no-cuda-graphs", action="store_true", help="NeMo's greedy_batch decoding without CUDA graphs")
     p.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="force NeMo's CUDA-graph greedy decoders on (the model turns them off); checks the texts too",
-    )
-    p.add_argument(
-        "--graphs-mode",
-        choices=("full_graph", "no_while_loops"),
-        default=None,
-        help="with --cuda-graphs: NeMo's CUDA-graph mode (default: NeMo's choice, full_graph where it can)",
+        "--graphs",
+        nargs="+",
+        choices=GRAPH_SETTINGS,
+        default=["no_while_loops"],
+        help="NeMo's CUDA-graph decoder settings to time, each a table block (default: the model's, no_while_loops)",
     )
     p.add_argument(
         "--checkpoint", default=None, help="a trained MultiSoftmaxRNNTModel .nemo (instead of random weights)"
@@ -190,17 +185,6 @@ def bench(args, results: Results) -> None:
         model = MultiSoftmaxRNNTModel.restore_from(args.checkpoint, map_location="cpu")
     else:
         model = MultiSoftmaxRNNTModel(cfg=multilingual_cfg(args, "multisoftmax"))
-    if args.no_cuda_graphs and args.cuda_graphs:
-        raise SystemExit("--no-cuda-graphs and --cuda-graphs exclude each other")
-    if args.graphs_mode and not args.cuda_graphs:
-        raise SystemExit("--graphs-mode needs --cuda-graphs")
-    if args.no_cuda_graphs:
-        from omegaconf import open_dict
-
-        decoding = model.cfg.decoding.copy()
-        with open_dict(decoding):
-            decoding.greedy.use_cuda_graph_decoder = False
-        model.change_decoding_strategy(decoding, verbose=False)
     model.to(device)
     model.eval()
     if trained:
@@ -238,24 +222,16 @@ def bench(args, results: Results) -> None:
         }
     }
     rows = []
-    for precision in args.precisions:
-        calibration = None if trained else calibrate_blank(model, batches, frames, spf, device, precision)
+    def measure_setting(precision: str, reference: dict | None) -> tuple[dict, dict, dict | None]:
+        """Time the three modes interleaved in the current graph setting; texts compared with ``reference``."""
         mismatches = None
-        if args.cuda_graphs:  # texts without graphs first, then the same decodings with them
-            reference = {
-                (mode, lang): [h.text for h in decode(batches[lang]["own"], *spec(lang), precision)]
-                for mode, spec in modes.items()
-                for lang in model.languages
-            }
-            saved = model.lang_decoding, model.__dict__.get("_stacked")
-            force_cuda_graph_decoders(model, args.graphs_mode)
+        if reference is not None:  # also the first (capturing) pass of the graphs
             mismatches = {
                 f"{mode} [{lang}]": sum(
                     a != h.text for a, h in zip(texts, decode(batches[lang]["own"], *modes[mode](lang), precision))
                 )
                 for (mode, lang), texts in reference.items()
             }
-            print(f"{precision}: CUDA-graph decoding vs without, differing texts: {mismatches}", flush=True)
         variants = []
         for mode, spec in modes.items():
             for lang in model.languages:
@@ -267,46 +243,59 @@ def bench(args, results: Results) -> None:
         r = measure(variants, device, warmup=args.warmup, steps=args.steps, memory=False)
         per_mode = {}
         for mode, spec in modes.items():
-            total = sum(r[f"{mode} [{lang}]"]["median_ms"] for lang in model.languages)
             hyps = []
             for lang in model.languages:
                 languages, min_frames = spec(lang)
                 hyps += [(lang, h) for h in decode(batches[lang]["own"], languages, min_frames, precision)]
-            emitted = [len(h.y_sequence) / frames for _, h in hyps]
             per_mode[mode] = {
-                "total_ms": total,
+                "total_ms": sum(r[f"{mode} [{lang}]"]["median_ms"] for lang in model.languages),
                 "per_language_ms": {lang: r[f"{mode} [{lang}]"]["median_ms"] for lang in model.languages},
                 "t_avg": statistics.mean(float(h.t_avg) for _, h in hyps),
-                "symbols_per_frame": statistics.mean(emitted),
+                "symbols_per_frame": statistics.mean(len(h.y_sequence) / frames for _, h in hyps),
                 "lid_accuracy" + ("" if trained else "_untrained"): statistics.mean(
                     float(h.lang == lang) for lang, h in hyps
                 ),
             }
         known = per_mode["known language"]["total_ms"]
-        for mode, m in per_mode.items():
+        for m in per_mode.values():
             m["ratio"] = m["total_ms"] / known
-            goal = "" if "no early" not in mode else f"≤ {GOAL_RATIO}: {verdict(m['ratio'], GOAL_RATIO)}"
-            rows.append(
-                [
-                    precision,
-                    mode,
-                    fmt(m["total_ms"]),
-                    f"{m['ratio']:.2f}",
-                    goal,
-                    f"{m['t_avg']:.2f}",
-                    f"{m['symbols_per_frame']:.2f}",
-                ]
-            )
-        out[precision] = {
-            "modes": per_mode,
-            "by_variant": r,
-            "blank_calibration": calibration,
-            "cuda_graphs": bool(args.cuda_graphs),
-            "graph_text_mismatches": mismatches,
-        }
-        if args.cuda_graphs:
-            model.lang_decoding, model.__dict__["_stacked"] = saved
-        results.add("lid_free", out)
+        return per_mode, r, mismatches
+
+    for precision in args.precisions:
+        set_graphs(model, args.graphs[0])
+        calibration = None if trained else calibrate_blank(model, batches, frames, spf, device, precision)
+        reference = None
+        if any(setting != "off" for setting in args.graphs):  # the texts without graphs, to check those with
+            set_graphs(model, "off")
+            reference = {
+                (mode, lang): [h.text for h in decode(batches[lang]["own"], *spec(lang), precision)]
+                for mode, spec in modes.items()
+                for lang in model.languages
+            }
+        out[precision] = {"blank_calibration": calibration}
+        for setting in args.graphs:
+            set_graphs(model, setting)
+            per_mode, r, mismatches = measure_setting(precision, None if setting == "off" else reference)
+            if mismatches is not None:
+                print(f"{precision}, graphs {setting}: texts differing from decoding without graphs: "
+                      f"{sum(mismatches.values())}", flush=True)
+            for mode, m in per_mode.items():
+                goal = "" if "no early" not in mode else f"≤ {GOAL_RATIO}: {verdict(m['ratio'], GOAL_RATIO)}"
+                rows.append(
+                    [
+                        precision,
+                        setting,
+                        mode,
+                        fmt(m["total_ms"]),
+                        f"{m['ratio']:.2f}",
+                        goal,
+                        f"{m['t_avg']:.2f}",
+                        f"{m['symbols_per_frame']:.2f}",
+                    ]
+                )
+            out[precision][setting] = {"modes": per_mode, "by_variant": r, "graph_text_mismatches": mismatches}
+            results.add("lid_free", out)
+    set_graphs(model, "no_while_loops")
     what = f"trained model {args.checkpoint}" if trained else "random weights, calibrated blank"
     print(
         f"\n### LID-free vs known-language decoding, {len(model.languages)} languages x batch {args.batch_size} "
@@ -316,6 +305,7 @@ def bench(args, results: Results) -> None:
         markdown_table(
             [
                 "precision",
+                "CUDA graphs",
                 "decoding",
                 f"ms ({len(model.languages)} batches)",
                 "vs known",

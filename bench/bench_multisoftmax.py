@@ -11,6 +11,11 @@ V_l + 1. Every model has the same preprocessor (80 mel), encoder and prediction 
   depthwise-striding subsampling (10 s → 125 frames), conv kernel 9 (``--encoder conf`` takes
   conf/multisoftmax_rnnt.yaml's ConformerEncoder, with LayerNorm convolutions, at the same sizes);
 - prediction network: 1-layer LSTM, 640 units; joint hidden 640;
+- or ``--encoder lstm``, the paper's own shapes (§5): 6 unidirectional LSTM layers of 1024 units
+  (projected to 640) over stacked features at a 30 ms shift (10 s → 334 frames), a 2-layer
+  prediction LSTM of 1024 units, joint hidden 1024. With 334 frames the joint (B × T × U × V) is
+  the largest tensor of the step, as in the paper's setting; with the FastConformer's 125 frames
+  the encoder is;
 - loss: NeMo's ``warprnnt_numba`` (its CUDA kernel on GPU), bf16-mixed autocast.
 
 A batch holds one language (``train_ds.mixing.per_batch``): batch 16 × 10 s of random audio with
@@ -90,6 +95,26 @@ def fastconformer(d_model: int, n_layers: int, n_heads: int, feat_in: int = 80) 
     }
 
 
+def lstm_encoder(d_model: int, hidden: int, n_layers: int, feat_in: int = 80) -> dict:
+    """Joshi et al. 2021 §5: unidirectional LSTM layers over stacked features at a 30 ms frame shift.
+
+    NeMo's ``RNNEncoder``: 3 frames of 10 ms stacked (3x subsampling, 10 s → 334 frames), then
+    ``n_layers`` LSTMs of ``hidden`` units projected to ``d_model``.
+    """
+    return {
+        "_target_": "nemo.collections.asr.modules.RNNEncoder",
+        "feat_in": feat_in,
+        "n_layers": n_layers,
+        "d_model": hidden,
+        "proj_size": d_model,
+        "rnn_type": "lstm",
+        "bidirectional": False,
+        "subsampling": "stacking",
+        "subsampling_factor": 3,
+        "dropout": 0.1,
+    }
+
+
 def multilingual_cfg(args, architecture: str = "multisoftmax", fused: bool = False):
     """conf/multisoftmax_rnnt.yaml with the benchmark's languages, encoder and sizes (a ``model`` DictConfig)."""
     from omegaconf import OmegaConf, open_dict
@@ -111,6 +136,9 @@ def multilingual_cfg(args, architecture: str = "multisoftmax", fused: bool = Fal
         cfg.joint.jointnet.joint_hidden = args.pred_hidden
         if args.encoder == "fastconformer":
             cfg.encoder = fastconformer(args.d_model, args.layers, args.heads, cfg.preprocessor.features)
+        elif args.encoder == "lstm":
+            cfg.encoder = lstm_encoder(args.d_model, args.lstm_hidden, args.layers, cfg.preprocessor.features)
+            cfg.decoder.prednet.pred_rnn_layers = 2
         else:
             cfg.encoder.d_model = cfg.encoder.subsampling_conv_channels = args.d_model
             cfg.encoder.n_layers = args.layers
@@ -139,20 +167,30 @@ def add_model_args(p) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default 16 (smoke: 2)")
     p.add_argument("--seconds", type=float, default=None, help="default 10 (smoke: 1.5)")
     p.add_argument("--chars", type=int, default=None, help="transcript length; default 15 per second")
-    p.add_argument("--encoder", choices=("fastconformer", "conf"), default="fastconformer")
-    p.add_argument("--layers", type=int, default=None, help="FastConformer layers; default 16 (smoke: 2)")
-    p.add_argument("--d-model", type=int, default=None, help="default 256 (smoke: 64)")
+    p.add_argument(
+        "--encoder",
+        choices=("fastconformer", "conf", "lstm"),
+        default="fastconformer",
+        help="lstm: Joshi et al.'s encoder (unidirectional LSTM, 30 ms frames) and 2-layer prediction LSTM",
+    )
+    p.add_argument("--layers", type=int, default=None, help="encoder layers; default 16, lstm 6 (smoke: 2)")
+    p.add_argument("--d-model", type=int, default=None, help="encoder output; default 256, lstm 640 (smoke: 64)")
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--pred-hidden", type=int, default=None, help="prediction and joint width; default 640 (smoke: 64)")
+    p.add_argument("--lstm-hidden", type=int, default=None, help="lstm: LSTM units per layer; default 1024 (smoke: 96)")
+    p.add_argument(
+        "--pred-hidden", type=int, default=None, help="prediction and joint width; default 640, lstm 1024 (smoke: 64)"
+    )
 
 
 def finish_model_args(args) -> None:
+    lstm = args.encoder == "lstm"
     args.batch_size = args.batch_size or (2 if args.smoke else 16)
     args.seconds = args.seconds or (1.5 if args.smoke else 10.0)
     args.chars = args.chars or int(15 * args.seconds)
-    args.layers = args.layers or (2 if args.smoke else 16)
-    args.d_model = args.d_model or (64 if args.smoke else 256)
-    args.pred_hidden = args.pred_hidden or (64 if args.smoke else 640)
+    args.layers = args.layers or (2 if args.smoke else 6 if lstm else 16)
+    args.d_model = args.d_model or (64 if args.smoke else 640 if lstm else 256)
+    args.lstm_hidden = args.lstm_hidden or (96 if args.smoke else 1024)
+    args.pred_hidden = args.pred_hidden or (64 if args.smoke else 1024 if lstm else 640)
 
 
 def language_batches(args, vocabularies: dict[str, list[str]]):
@@ -304,7 +342,9 @@ def main(argv: list[str] | None = None) -> dict:
         "encoder": args.encoder,
         "layers": args.layers,
         "d_model": args.d_model,
+        "lstm_hidden": args.lstm_hidden if args.encoder == "lstm" else None,
         "pred_hidden": args.pred_hidden,
+        "pred_rnn_layers": 2 if args.encoder == "lstm" else 1,
         "batch": args.batch_size,
         "seconds": args.seconds,
         "chars": args.chars,

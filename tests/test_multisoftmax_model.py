@@ -209,6 +209,38 @@ def test_lid_free_decoding_equals_per_language_decoding(manifests, lsp):
     assert [h.text for h in per_file] == [known[lang][i].text for i, lang in enumerate(["hi", "en", "ru"])]
 
 
+def graph_modes(model) -> list:
+    """The CUDA-graph mode of every NeMo decoding computer the model holds (None: graphs off)."""
+    return [d.decoding.decoding_computer.cuda_graphs_mode for d in model._decodings()]
+
+
+@pytest.mark.parametrize("architecture", ["multisoftmax", "vanilla"])
+def test_every_decoder_avoids_full_graphs_through_nemo_hooks(manifests, architecture, monkeypatch):
+    """NeMo's full-graph decoder crashes when two decoders replay in turn: every decoder uses no_while_loops."""
+    from nemo.collections.asr.parts.submodules.transducer_decoding import label_looping_base
+
+    # Let NeMo pick full graphs as it does on a GPU whose driver has conditional nodes.
+    monkeypatch.setattr(label_looping_base, "check_cuda_python_cuda_graphs_conditional_nodes_supported", lambda: None)
+    model = MultiSoftmaxRNNTModel(ms_cfg(architecture=architecture))
+    model.eval()
+    model.transcribe(files(manifests["en"], 1), verbose=False)  # builds the batched LID-free decoding
+    expected = 4 if architecture == "multisoftmax" else 1  # 3 languages + the batched one, or the union one
+    modes = graph_modes(model)
+    computer = model._decodings()[0].decoding.decoding_computer
+    assert len(modes) == expected and set(modes) == {computer.CudaGraphsMode.NO_WHILE_LOOPS}
+    # NeMo's hooks: off for training, on again (re-initialized) for validation, on every decoder.
+    model.on_train_epoch_start()
+    assert set(graph_modes(model)) == {None}
+    model.on_validation_epoch_start()
+    assert set(graph_modes(model)) == {computer.CudaGraphsMode.NO_WHILE_LOOPS}
+    # Asked for in the config, full graphs stay; graphs off in NeMo's decoding config stay off.
+    full = MultiSoftmaxRNNTModel(ms_cfg(architecture=architecture, cuda_graphs_mode="full_graph"))
+    assert set(graph_modes(full)) == {computer.CudaGraphsMode.FULL_GRAPH}
+    off = MultiSoftmaxRNNTModel(ms_cfg(architecture=architecture, decoding={"greedy": {"use_cuda_graph_decoder": False}}))
+    off.maybe_enable_cuda_graphs(force_reinit=True)
+    assert set(graph_modes(off)) == {None}
+
+
 def test_lid_free_without_lid_head_picks_the_best_scoring_decoder(manifests):
     model = MultiSoftmaxRNNTModel(ms_cfg(lid={"enabled": False}))
     model.eval()
@@ -463,6 +495,7 @@ def test_bad_language_configs(languages, match):
         ({"lid_free": {"min_frames": -1, "threshold": 0.5}}, r"model\.lid_free\.min_frames"),
         ({"freeze_batch_norm_after": -3}, r"model\.freeze_batch_norm_after"),
         ({"freeze_batch_norm_after": "soon"}, r"model\.freeze_batch_norm_after"),
+        ({"cuda_graphs_mode": "always"}, r"model\.cuda_graphs_mode"),
     ],
 )
 def test_bad_lid_and_label_values(changes, match):

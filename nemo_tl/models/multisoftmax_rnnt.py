@@ -34,6 +34,7 @@ from nemo.collections.asr.parts.preprocessing.perturb import process_augmentatio
 from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTDecoding, RNNTDecodingConfig
 from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
+from nemo.collections.common.parts.optional_cuda_graphs import WithOptionalCudaGraphs
 from nemo.collections.common.parts.preprocessing.parsers import make_parser
 from nemo.utils import logging, model_utils
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -63,8 +64,10 @@ _MS_DECODER = f"{MultiSoftmaxDecoder.__module__}.{MultiSoftmaxDecoder.__name__}"
 _MS_JOINT = f"{MultiSoftmaxJoint.__module__}.{MultiSoftmaxJoint.__name__}"
 _BATCH_NORMS = (torch.nn.modules.batchnorm._BatchNorm,)  # batch statistics shared across utterances
 _OWN_KEYS = (
-    "languages", "architecture", "language_specific_prediction", "lid", "lid_free", "freeze_batch_norm_after"
+    "languages", "architecture", "language_specific_prediction", "lid", "lid_free", "freeze_batch_norm_after",
+    "cuda_graphs_mode",
 )
+GRAPHS_MODES = ("no_while_loops", "full_graph")
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +232,13 @@ def prepare_multilingual_config(cfg: DictConfig) -> DictConfig:
             where="model.freeze_batch_norm_after",
             fix="e.g. 300 (the encoder's BatchNorm layers use running statistics from step 300 on), or null",
         )
+    graphs_mode = cfg.get("cuda_graphs_mode", "no_while_loops")
+    if graphs_mode not in GRAPHS_MODES:
+        raise input_error(
+            f"unknown CUDA-graph mode {graphs_mode!r}",
+            where="model.cuda_graphs_mode",
+            fix="no_while_loops (default), or full_graph; decoding.greedy.use_cuda_graph_decoder: false turns graphs off",
+        )
 
     with open_dict(cfg):
         cfg.languages = {lang: {"labels": labels} for lang, labels in vocabularies.items()}
@@ -237,6 +247,7 @@ def prepare_multilingual_config(cfg: DictConfig) -> DictConfig:
         cfg.lid = {"enabled": lid["enabled"], "weight": weight}
         cfg.lid_free = {"min_frames": tau, "threshold": s_th}
         cfg.freeze_batch_norm_after = freeze_after
+        cfg.cuda_graphs_mode = graphs_mode
         cfg.labels = _union(vocabularies)
         decoder = cfg.decoder
         joint = cfg.joint
@@ -386,6 +397,8 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
                 }
             )
             self.change_decoding_strategy(self.cfg.decoding, verbose=False)
+        else:  # vanilla / onehot: the one decoding EncDecRNNTModel built
+            self._limit_graphs_mode(self.decoding)
 
     def _wire_fused_joints(self) -> None:
         """With ``joint.fuse_loss_wer``, give each language's NeMo joint its language's loss and WER.
@@ -483,16 +496,13 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
     def change_decoding_strategy(self, decoding_cfg: DictConfig | None = None, verbose: bool = True) -> None:
         """NeMo's decoding strategy change; multi-softmax builds one RNNTDecoding per language."""
         if not self.is_multisoftmax:
-            return super().change_decoding_strategy(decoding_cfg, verbose=verbose)
+            super().change_decoding_strategy(decoding_cfg, verbose=verbose)
+            self._limit_graphs_mode(self.decoding)
+            return
         if decoding_cfg is None:
             decoding_cfg = self.cfg.decoding
         decoding_cls = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(RNNTDecodingConfig)))
         decoding_cfg = self.set_decoding_type_according_to_loss(OmegaConf.merge(decoding_cls, decoding_cfg))
-        if decoding_cfg.greedy.get("use_cuda_graph_decoder", False):
-            # NeMo's CUDA-graph label-looping decoder crashed (illegal memory access at graph replay, H200,
-            # NeMo 3.0) when several language decoders decoded in one process; decode without graphs.
-            with open_dict(decoding_cfg):
-                decoding_cfg.greedy.use_cuda_graph_decoder = False
         self.lang_decoding = self._language_decodings(decoding_cfg)
         self.lang_wer = torch.nn.ModuleDict(
             {
@@ -519,12 +529,60 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
 
     def _language_decodings(self, decoding_cfg: DictConfig) -> dict[str, RNNTDecoding]:
         """One NeMo ``RNNTDecoding`` per language, over that language's decoder, joint and labels."""
-        return {
+        decodings = {
             lang: RNNTDecoding(
                 decoding_cfg=decoding_cfg, decoder=self.decoder[lang], joint=self.joint[lang], vocabulary=labels
             )
             for lang, labels in self.vocabularies.items()
         }
+        for decoding in decodings.values():
+            self._limit_graphs_mode(decoding)
+        return decodings
+
+    # ---- CUDA graphs ----------------------------------------------------------------------
+    # NeMo's greedy label-looping decoder runs as CUDA graphs (``decoding.greedy.use_cuda_graph_decoder``).
+    # Its full-graph mode (while loops as conditional nodes) crashes with an illegal memory access as
+    # soon as one process replays the graphs of two decoders in turn (plain NeMo 3.0 too: two
+    # EncDecRNNTModels, torch 2.11 + CUDA 13; bench/repro_cuda_graphs.py). A multilingual model holds
+    # one decoder per language plus the batched LID-free one, so it uses NeMo's other graph mode,
+    # no_while_loops (graphs for the loop bodies, loops in Python), unless ``model.cuda_graphs_mode``
+    # says full_graph. NeMo's hooks (training off, validation/test on) reach every decoder.
+
+    def _decodings(self) -> list[RNNTDecoding]:
+        """Every NeMo decoding the model holds: one per language (or the union one) and the batched LID-free one."""
+        if not self.is_multisoftmax:
+            return [self.decoding] if getattr(self, "decoding", None) is not None else []
+        decodings = list(getattr(self, "lang_decoding", {}).values())
+        cached = self.__dict__.get("_stacked")
+        if cached is not None and cached[1] is not None:
+            decodings.append(cached[1].decoding)
+        return decodings
+
+    def _limit_graphs_mode(self, decoding: RNNTDecoding) -> None:
+        """Turn NeMo's full-graph mode into no_while_loops for ``decoding`` (unless the config asks for full_graph)."""
+        computer = getattr(decoding.decoding, "decoding_computer", None)
+        if computer is None or self.cfg.get("cuda_graphs_mode", "no_while_loops") == "full_graph":
+            return
+        if computer.cuda_graphs_mode is computer.CudaGraphsMode.FULL_GRAPH:
+            computer.cuda_graphs_mode = computer.CudaGraphsMode.NO_WHILE_LOOPS
+            computer.reset_cuda_graphs_state()
+
+    def maybe_enable_cuda_graphs(self, force_reinit: bool = False) -> bool:
+        """NeMo's hook, for every decoder of the model; True if any decoder's state changed."""
+        changed = self.disable_cuda_graphs() if force_reinit else False
+        for decoding in self._decodings():
+            if isinstance(decoding.decoding, WithOptionalCudaGraphs):
+                changed |= decoding.decoding.maybe_enable_cuda_graphs()
+                self._limit_graphs_mode(decoding)
+        return changed
+
+    def disable_cuda_graphs(self) -> bool:
+        """NeMo's hook, for every decoder of the model; True if any decoder's state changed."""
+        changed = False
+        for decoding in self._decodings():
+            if isinstance(decoding.decoding, WithOptionalCudaGraphs):
+                changed |= decoding.decoding.disable_cuda_graphs()
+        return changed
 
     def change_vocabulary(self, new_vocabulary: list[str], decoding_cfg: DictConfig | None = None) -> None:
         raise input_error(
@@ -970,12 +1028,14 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         """A batched all-languages greedy decoder for ``decoding_cfg``, or None where it cannot stack."""
         if not StackedLanguageDecoding.supports(self.decoder, decoding_cfg):
             return None
-        return StackedLanguageDecoding(
+        stacked = StackedLanguageDecoding(
             {lang: self.decoder[lang] for lang in self.languages},
             {lang: self.joint[lang] for lang in self.languages},
             self.vocabularies,
             decoding_cfg,
         )
+        self._limit_graphs_mode(stacked.decoding)
+        return stacked
 
     def _script_language(self, text: str, avg: torch.Tensor | None) -> str:
         """Language of a union-softmax hypothesis: most characters unique to one language (then LID, then first)."""
