@@ -119,6 +119,40 @@ def set_graphs(model, setting: str) -> None:
             decoding.decoding.decoding_computer.force_cuda_graphs_mode(setting)
 
 
+def profile_call(fn, device: str) -> dict:
+    """torch.profiler over one call of ``fn`` (after one untimed call): where its wall time goes.
+
+    ``wall_ms``; ``kernel_ms`` (the GPU kernels' own time, summed); ``graph_replays``
+    (``cudaGraphLaunch``: one per NeMo loop body run as a graph); ``host_syncs`` (``aten::item``,
+    the Python loop reading a flag from the GPU); ``kernels`` (launches outside graphs).
+    """
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+
+    def count(*names):
+        return sum(e.count for e in events if e.key in names)
+
+    device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
+    return {
+        "wall_ms": wall * 1e3,
+        "kernel_ms": device_us / 1e3,
+        "graph_replays": count("cudaGraphLaunch"),
+        "host_syncs": count("aten::item", "aten::_local_scalar_dense"),
+        "kernels": count("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"),
+    }
+
+
 def manifest_batches(model, manifests: str | None, batch_size: int, device: str) -> dict[str, dict]:
     """``{lang: {"own": (audio (B, S), lengths (B,))}}``: the first ``batch_size`` utterances of each manifest."""
     import soundfile as sf
@@ -158,6 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
         choices=GRAPH_SETTINGS,
         default=["no_while_loops"],
         help="NeMo's CUDA-graph decoder settings to time, each a table block (default: the model's, no_while_loops)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also torch.profiler one known-language and one LID-free decoding per language (CUDA only)",
     )
     p.add_argument(
         "--checkpoint", default=None, help="a trained MultiSoftmaxRNNTModel .nemo (instead of random weights)"
@@ -261,6 +300,7 @@ def bench(args, results: Results) -> None:
             m["ratio"] = m["total_ms"] / known
         return per_mode, r, mismatches
 
+    profile_rows = []
     for precision in args.precisions:
         set_graphs(model, args.graphs[0])
         calibration = None if trained else calibrate_blank(model, batches, frames, spf, device, precision)
@@ -294,6 +334,15 @@ def bench(args, results: Results) -> None:
                     ]
                 )
             out[precision][setting] = {"modes": per_mode, "by_variant": r, "graph_text_mismatches": mismatches}
+            if args.profile and device.startswith("cuda"):
+                out[precision][setting]["profile"] = profiled = {}
+                for mode in list(modes)[:2]:  # known language, LID-free without early stopping
+                    per_lang = []
+                    for lang in model.languages:
+                        b, spec = batches[lang]["own"], modes[mode](lang)
+                        per_lang.append(profile_call(lambda b=b, a=spec, q=precision: decode(b, *a, q), device))
+                    profiled[mode] = {k: sum(x[k] for x in per_lang) for k in per_lang[0]}
+                    profile_rows.append([precision, setting, mode, *(fmt(v) for v in profiled[mode].values())])
             results.add("lid_free", out)
     set_graphs(model, "no_while_loops")
     what = f"trained model {args.checkpoint}" if trained else "random weights, calibrated blank"
@@ -316,6 +365,15 @@ def bench(args, results: Results) -> None:
             rows,
         )
     )
+    if profile_rows:
+        print(f"\n### torch.profiler: one decoding of each of the {len(model.languages)} batches, summed\n")
+        print(
+            markdown_table(
+                ["precision", "CUDA graphs", "decoding", "wall ms", "kernel ms", "graph replays", "host syncs",
+                 "kernel launches"],
+                profile_rows,
+            )
+        )
 
 
 if __name__ == "__main__":
