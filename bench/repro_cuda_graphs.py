@@ -72,7 +72,7 @@ def run_mode(mode: str) -> dict:
         [sys.executable, os.path.abspath(__file__), "--child", mode], capture_output=True, text=True, timeout=300
     )
     calls = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"call"')]
-    errors = [line for line in (r.stdout + r.stderr).splitlines() if "Error" in line]
+    errors = [line for line in (r.stdout + r.stderr).splitlines() if "Error: " in line]
     return {
         "mode": mode,
         "returncode": r.returncode,

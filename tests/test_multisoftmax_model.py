@@ -241,6 +241,33 @@ def test_every_decoder_avoids_full_graphs_through_nemo_hooks(manifests, architec
     assert set(graph_modes(off)) == {None}
 
 
+@pytest.mark.parametrize("architecture", ["multisoftmax", "vanilla"])
+def test_half_precision_encoder_output_decodes_as_full_precision(manifests, architecture):
+    """A BatchNorm encoder under bf16 autocast returns bf16; NeMo's CUDA-graph decoder runs without autocast."""
+    from nemo_tl.models.multisoftmax_rnnt import MultilingualTranscribeConfig
+
+    model = MultiSoftmaxRNNTModel(ms_cfg("batchnorm", architecture=architecture))
+    model.eval()
+    with torch.inference_mode():
+        encoded, encoded_len = model.encode(*lang_batch_of_files(model, files(manifests["ru"], 3)))
+        half = encoded.to(torch.bfloat16)
+        for languages in (None, "ru"):  # LID-free (batched decoder) and known language
+            trcfg = MultilingualTranscribeConfig(batch_size=3, return_hypotheses=True)
+            trcfg.languages = languages
+            decode = model._transcribe_output_processing
+            ref = decode({"encoded": half.float(), "encoded_len": encoded_len, "lang_ids": None}, trcfg)
+            got = decode({"encoded": half, "encoded_len": encoded_len, "lang_ids": None}, trcfg)
+            assert [h.text for h in got] == [h.text for h in ref] and [h.lang for h in got] == [h.lang for h in ref]
+    # Validation WER decodes the encoder output too: under a bf16-mixed Trainer it gets it in fp32.
+    seen = []
+    for wer in ([model.wer] if architecture == "vanilla" else model.lang_wer.values()):
+        wer.update = lambda *a, _update=wer.update, **k: seen.append(k["predictions"].dtype) or _update(*a, **k)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.encode(*lang_batch(model, manifests["ru"])[:2])[0].dtype == torch.bfloat16
+        assert math.isfinite(float(model.validation_pass(lang_batch(model, manifests["ru"]), 0)["val_wer"]))
+    assert seen == [torch.float32]
+
+
 def test_lid_free_without_lid_head_picks_the_best_scoring_decoder(manifests):
     model = MultiSoftmaxRNNTModel(ms_cfg(lid={"enabled": False}))
     model.eval()

@@ -802,7 +802,7 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             if self.joint.fuse_loss_wer:  # NeMo's fused step without the loss: decodes fused_batch_size at a time
                 by_lang = {} if lang is None else {"lang": lang}
                 _, _, n, d = self.joint(
-                    encoder_outputs=enc,
+                    encoder_outputs=self._decoding_input(enc),
                     decoder_outputs=None,
                     encoder_lengths=enc_len,
                     transcripts=tr,
@@ -811,7 +811,9 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
                     **by_lang,
                 )
             else:
-                wer.update(predictions=enc, predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len)
+                wer.update(
+                    predictions=self._decoding_input(enc), predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len
+                )
                 _, n, d = wer.compute()
                 wer.reset()
             wer._to_sync = to_sync
@@ -935,8 +937,20 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         decoding = self.lang_decoding[lang] if self.is_multisoftmax else self.decoding
         return decoding.rnnt_decoder_predictions_tensor(encoded, encoded_len, return_hypotheses=True)
 
+    def _decoding_input(self, encoded: torch.Tensor) -> torch.Tensor:
+        """The encoder output in the joints' parameter dtype, as the decoders take it.
+
+        Under bf16/fp16 autocast a convolutional (BatchNorm) encoder returns half-precision output,
+        while NeMo's CUDA-graph decoder turns autocast off and projects the encoder output with the
+        joint's fp32 weights (a dtype error). Without graphs nothing changes: autocast casts the
+        fp32 copy back to the same half-precision values for the matmuls.
+        """
+        dtype = next(self.joint.parameters()).dtype
+        return encoded.to(dtype) if encoded.is_floating_point() and encoded.dtype != dtype else encoded
+
     def _transcribe_output_processing(self, outputs: dict, trcfg: TranscribeConfig) -> list[Hypothesis]:
         encoded, encoded_len, lang_ids = outputs["encoded"], outputs["encoded_len"], outputs["lang_ids"]
+        encoded = self._decoding_input(encoded)
         batch = encoded.shape[0]
         log_post = self.lid_log_posteriors(encoded) if self.lid_head is not None else None
         avg = average_posteriors(log_post, encoded_len) if log_post is not None else None
