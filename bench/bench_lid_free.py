@@ -123,8 +123,9 @@ def profile_call(fn, device: str) -> dict:
     """torch.profiler over one call of ``fn`` (after one untimed call): where its wall time goes.
 
     ``wall_ms``; ``kernel_ms`` (the GPU kernels' own time, summed); ``graph_replays``
-    (``cudaGraphLaunch``: one per NeMo loop body run as a graph); ``host_syncs`` (``aten::item``,
-    the Python loop reading a flag from the GPU); ``kernels`` (launches outside graphs).
+    (``cudaGraphLaunch``: with NeMo's no_while_loops graphs, one per step of its decoding loop);
+    ``host_syncs`` (``aten::item`` + ``aten::_local_scalar_dense``, so each ``.item()`` twice: the
+    loop's flag reads from the GPU, and reads of CPU tensors); ``kernels`` (launches outside graphs).
     """
     import time
 
@@ -369,7 +370,7 @@ def bench(args, results: Results) -> None:
         print(f"\n### torch.profiler: one decoding of each of the {len(model.languages)} batches, summed\n")
         print(
             markdown_table(
-                ["precision", "CUDA graphs", "decoding", "wall ms", "kernel ms", "graph replays", "host syncs",
+                ["precision", "CUDA graphs", "decoding", "wall ms", "kernel ms", "graph replays", "item() x2",
                  "kernel launches"],
                 profile_rows,
             )
