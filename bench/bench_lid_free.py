@@ -112,11 +112,11 @@ def set_graphs(model, setting: str) -> None:
     in ``setting``: ``no_while_loops`` (the model's default), ``off``, or ``full_graph`` (crashes once two
     decoders replay in turn, see bench/repro_cuda_graphs.py)."""
     model._stacked_decoding()  # build the batched decoder now, so that it is switched too
+    if setting == "off":
+        model.disable_cuda_graphs()
+        return
     for decoding in model._decodings():
-        if setting == "off":
-            decoding.decoding.disable_cuda_graphs()
-        else:
-            decoding.decoding.decoding_computer.force_cuda_graphs_mode(setting)
+        decoding.decoding.decoding_computer.force_cuda_graphs_mode(setting)
 
 
 def profile_call(fn, device: str) -> dict:
@@ -345,7 +345,6 @@ def bench(args, results: Results) -> None:
                     profiled[mode] = {k: sum(x[k] for x in per_lang) for k in per_lang[0]}
                     profile_rows.append([precision, setting, mode, *(fmt(v) for v in profiled[mode].values())])
             results.add("lid_free", out)
-    set_graphs(model, "no_while_loops")
     what = f"trained model {args.checkpoint}" if trained else "random weights, calibrated blank"
     print(
         f"\n### LID-free vs known-language decoding, {len(model.languages)} languages x batch {args.batch_size} "
