@@ -15,8 +15,14 @@ Compared, fp32 and bf16-mixed, interleaved, each driven through its ``training_s
 - NeMo EncDecCTCModel 5x3, plain decoder: "the student trained alone", the baseline;
 - the same with the uncertainty decoder (what the σ head alone costs);
 - DistillCTCModel, online, 1 teacher and 2 teachers (teachers run forward in the step);
-- DistillCTCModel from the offline cache (``distillation.cache``), 1 and 2 teachers;
+- DistillCTCModel from the offline cache (``distillation.cache``), 1 and 2 teachers, the cached
+  outputs in page-locked memory (as a loader with ``pin_memory: true`` delivers them) and copied to
+  the device within the step; and, to split that copy from the loss, 2 teachers with the outputs
+  already on the device;
 - a teacher's forward alone (``teacher_outputs``), for the online goal.
+
+Each variant's host syncs (one step under ``torch.cuda.set_sync_debug_mode("warn")``: the lines
+where the host waits for the GPU) are counted and listed.
 
 Goals: cache ≤ 1.10x; online with K teachers ≤ 1 + K · teacher_fwd / student_step + 0.05.
 The cache build (teacher forwards + writes) is timed once and reported per hour of audio.
@@ -42,8 +48,10 @@ from common import (  # noqa: E402
     base_parser,
     finish_args,
     fmt,
+    host_syncs,
     markdown_table,
     measure,
+    profile_call,
     resident_tensors,
     run_section,
     setup_optimizer,
@@ -55,6 +63,8 @@ from common import (  # noqa: E402
 )
 
 GOAL_CACHE, GOAL_MARGIN = 1.10, 0.05
+ON_DEVICE = "cache, 2 teachers, outputs already on the device"
+PROFILED = ("student alone + σ head", "cache, 1 teacher", "cache, 2 teachers")
 UNCERTAINTY_DECODER = "nemo_tl.modules.UncertaintyConvASRDecoder"
 
 
@@ -122,6 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=None, help="default 32 (smoke: 2)")
     p.add_argument("--seconds", type=float, default=None, help="default 10 (smoke: 1.5)")
     p.add_argument("--chars", type=int, default=None, help="transcript length; default 15 per second")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also torch.profiler one step of: " + ", ".join(PROFILED) + " (CUDA only)",
+    )
     p.add_argument("--workdir", default=None, help="for the .nemo teachers, audio and cache (default: a temp dir)")
     args = p.parse_args(argv)
     finish_args(args, precisions=("fp32", "bf16"), warmup=3, steps=10)
@@ -190,6 +205,10 @@ def bench(args, results: Results, workdir: str) -> None:
     loaded = next(iter(cache2._train_dl))
     batch = tuple(t.to(device) for t in loaded[:5])
     cached = {1: CachedTeacherBatch(loaded[5].outputs[:1]), 2: loaded[5]}
+    if device.startswith("cuda"):  # page-locked, as a loader with `pin_memory: true` delivers them
+        cached = {k: c.pin_memory() for k, c in cached.items()}
+    # Diagnostic: the same step with the outputs already on the device, i.e. without their copy.
+    on_device = CachedTeacherBatch(cached[2].on_device(device))
 
     models = {
         "NeMo student alone (5x3)": (student_plain, 4),
@@ -198,6 +217,7 @@ def bench(args, results: Results, workdir: str) -> None:
         "online, 2 teachers": (online2, 5),
         "cache, 1 teacher": (cache1, 6),
         "cache, 2 teachers": (cache2, 6),
+        ON_DEVICE: (cache2, 6),
     }
     prepared = {}
     for name, (model, width) in models.items():
@@ -217,7 +237,9 @@ def bench(args, results: Results, workdir: str) -> None:
         variants = []
         for name, (model, optimizer, width) in prepared.items():
             teachers = [t.model for t in getattr(model, "teachers", [])] if "online" in name else []
-            steps_batch = (*batch, cached[len(model.teachers)]) if width == 6 else batch[:width]
+            steps_batch = batch[:width]
+            if width == 6:
+                steps_batch = (*batch, on_device if name == ON_DEVICE else cached[len(model.teachers)])
             variants.append(
                 training_step_variant(name, model, optimizer, steps_batch, device, precision, also_resident=teachers)
             )
@@ -229,6 +251,10 @@ def bench(args, results: Results, workdir: str) -> None:
         variants.append(Variant("teacher forward", teacher_fwd, lambda: tensor_bytes(resident_tensors([teacher]))))
         variants, failed = working(variants)
         r = measure(variants, device, warmup=args.warmup, steps=args.steps)
+        for v in variants:  # where a step makes the host wait for the GPU
+            r[v.name]["host_syncs"] = host_syncs(v, device)
+            if args.profile and device.startswith("cuda") and v.name in PROFILED:
+                r[v.name]["profile"] = profile_call(v.step, device, top=12)
         base = r["NeMo student alone (5x3)"]["median_ms"]
         tf = r.get("teacher forward", {}).get("median_ms")
         goals = {
@@ -253,12 +279,32 @@ def bench(args, results: Results, workdir: str) -> None:
                     "" if goal is None else f"≤ {goal:.2f}: {verdict(ratio, goal)}",
                     fmt(peak, ".2f"),
                     "n/a" if peak is None or base_peak is None else f"{peak / base_peak:.2f}",
+                    x.get("host_syncs", {}).get("count", "n/a"),
                 ]
             )
         for name, error in failed.items():
-            rows.append([precision, name, "not measured: " + error.replace("\n", " "), "", "", "", ""])
+            rows.append([precision, name, "not measured: " + error.replace("\n", " "), "", "", "", "", ""])
     print(f"\n### Distillation step vs the student alone ({args.steps} interleaved steps)\n")
-    print(markdown_table(["precision", "variant", "ms", "vs student", "goal", "peak GiB", "vs student"], rows))
+    print(
+        markdown_table(
+            ["precision", "variant", "ms", "vs student", "goal", "peak GiB", "vs student", "host syncs"], rows
+        )
+    )
+    syncs = {
+        name: x["host_syncs"]["where"]
+        for p in out["precisions"].values()
+        for name, x in p["by_variant"].items()
+        if x.get("host_syncs", {}).get("count")
+    }
+    for name, where in syncs.items():
+        print(f"host syncs, {name}: " + ", ".join(f"{k} x{n}" for k, n in where.items()))
+    for precision, p in out["precisions"].items():
+        for name, x in p["by_variant"].items():
+            prof = x.get("profile")
+            if prof:
+                print(f"\n#### torch.profiler, {precision}, {name}: wall {prof['wall_ms']:.1f} ms, "
+                      f"GPU kernels {prof['kernel_ms']:.1f} ms, {prof['kernels']} launches\n")
+                print(markdown_table(["operator", "GPU ms", "calls"], prof["top_ops"]))
     print(
         f"\ncache build: {', '.join(f'{s:.2f} s' for s in build_s)} for {audio_hours * 3600:.0f} s of audio "
         f"({', '.join(f'{s:.0f}' for s in out['cache_build_s_per_audio_hour'])} s per audio hour), incl. writes"

@@ -56,6 +56,7 @@ from common import (  # noqa: E402
     fmt,
     markdown_table,
     measure,
+    profile_call,
     run_section,
     verdict,
 )
@@ -110,48 +111,35 @@ GRAPH_SETTINGS = ("no_while_loops", "off", "full_graph")
 def set_graphs(model, setting: str) -> None:
     """Every decoder of the model (each language's and the batched LID-free one) with NeMo's CUDA graphs
     in ``setting``: ``no_while_loops`` (the model's default), ``off``, or ``full_graph`` (crashes once two
-    decoders replay in turn, see bench/repro_cuda_graphs.py)."""
+    label-looping decoders replay in turn, see bench/repro_cuda_graphs.py). A frame-looping decoder
+    has only NeMo's full graph (conditional nodes), which it gets for any setting but ``off``."""
     model._stacked_decoding()  # build the batched decoder now, so that it is switched too
     if setting == "off":
         model.disable_cuda_graphs()
         return
     for decoding in model._decodings():
-        decoding.decoding.decoding_computer.force_cuda_graphs_mode(setting)
+        computer = getattr(decoding.decoding, "decoding_computer", None)
+        if computer is not None:  # label looping
+            computer.force_cuda_graphs_mode(setting)
+        else:  # frame looping
+            decoding.decoding.maybe_enable_cuda_graphs()
 
 
-def profile_call(fn, device: str) -> dict:
-    """torch.profiler over one call of ``fn`` (after one untimed call): where its wall time goes.
+def set_loops(model, loop: str, lid_free_loop: str) -> None:
+    """NeMo's greedy_batch algorithm (``decoding.greedy.loop_labels``) for every decoder (``loop``),
+    then for the batched LID-free decoder alone (``lid_free_loop``): ``labels`` or ``frames``."""
+    from omegaconf import OmegaConf, open_dict
 
-    ``wall_ms``; ``kernel_ms`` (the GPU kernels' own time, summed); ``graph_replays``
-    (``cudaGraphLaunch``: with NeMo's no_while_loops graphs, one per step of its decoding loop);
-    ``host_syncs`` (``aten::item`` + ``aten::_local_scalar_dense``, so each ``.item()`` twice: the
-    loop's flag reads from the GPU, and reads of CPU tensors); ``kernels`` (launches outside graphs).
-    """
-    import time
+    def with_loop(cfg, which):
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        with open_dict(cfg):
+            cfg.greedy.loop_labels = which == "labels"
+        return cfg
 
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize(device)
-        wall = time.perf_counter() - start
-    events = prof.key_averages()
-
-    def count(*names):
-        return sum(e.count for e in events if e.key in names)
-
-    device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
-    return {
-        "wall_ms": wall * 1e3,
-        "kernel_ms": device_us / 1e3,
-        "graph_replays": count("cudaGraphLaunch"),
-        "host_syncs": count("aten::item", "aten::_local_scalar_dense"),
-        "kernels": count("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"),
-    }
+    if loop != "labels":
+        model.change_decoding_strategy(with_loop(model.cfg.decoding, loop), verbose=False)
+    if lid_free_loop != loop:
+        model.__dict__["_stacked"] = (model.cfg.decoding, model._new_stacked_decoding(with_loop(model.cfg.decoding, lid_free_loop)))
 
 
 def manifest_batches(model, manifests: str | None, batch_size: int, device: str) -> dict[str, dict]:
@@ -195,6 +183,18 @@ def main(argv: list[str] | None = None) -> dict:
         help="NeMo's CUDA-graph decoder settings to time, each a table block (default: the model's, no_while_loops)",
     )
     p.add_argument(
+        "--loop",
+        choices=("labels", "frames"),
+        default="labels",
+        help="NeMo's greedy_batch algorithm for every decoder (decoding.greedy.loop_labels; default labels)",
+    )
+    p.add_argument(
+        "--lid-free-loop",
+        choices=("labels", "frames"),
+        default=None,
+        help="the algorithm of the batched LID-free decoder alone (default: --loop's)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="also torch.profiler one known-language and one LID-free decoding per language (CUDA only)",
@@ -227,6 +227,8 @@ def bench(args, results: Results) -> None:
         model = MultiSoftmaxRNNTModel(cfg=multilingual_cfg(args, "multisoftmax"))
     model.to(device)
     model.eval()
+    args.lid_free_loop = args.lid_free_loop or args.loop
+    set_loops(model, args.loop, args.lid_free_loop)
     if trained:
         batches = manifest_batches(model, args.manifests, args.batch_size, device)
     else:
@@ -259,6 +261,8 @@ def bench(args, results: Results) -> None:
             "checkpoint": args.checkpoint,
             "languages": list(model.languages),
             "encoder_frames": frames,
+            "loop": args.loop,
+            "lid_free_loop": args.lid_free_loop,
         }
     }
     rows = []
@@ -346,6 +350,7 @@ def bench(args, results: Results) -> None:
                     profile_rows.append([precision, setting, mode, *(fmt(v) for v in profiled[mode].values())])
             results.add("lid_free", out)
     what = f"trained model {args.checkpoint}" if trained else "random weights, calibrated blank"
+    what += f"; NeMo greedy_batch looping over {args.loop}, LID-free decoder over {args.lid_free_loop}"
     print(
         f"\n### LID-free vs known-language decoding, {len(model.languages)} languages x batch {args.batch_size} "
         f"({what}; {args.steps} steps)\n"

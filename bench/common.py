@@ -346,6 +346,74 @@ def peak_memory(variant: Variant, device: str) -> dict[str, float]:
     }
 
 
+def host_syncs(variant: Variant, device: str) -> dict[str, Any]:
+    """The operations of one step of ``variant`` that make the host wait for the GPU.
+
+    One step under ``torch.cuda.set_sync_debug_mode("warn")``: every synchronizing CUDA call
+    (``.item()``, a blocking host-to-device copy, ``nonzero`` ...) warns, from the Python line
+    that made it. Returns ``{"count": n, "where": {"file:line": n, ...}}``.
+    """
+    import warnings
+
+    if not device.startswith("cuda"):
+        return {}
+    sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            variant.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sync(device)
+    where: dict[str, int] = {}
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            key = f"{os.path.relpath(w.filename, ROOT) if w.filename.startswith(ROOT) else w.filename}:{w.lineno}"
+            where[key] = where.get(key, 0) + 1
+    return {"count": sum(where.values()), "where": where}
+
+
+def profile_call(fn: Callable[[], Any], device: str, top: int = 0) -> dict[str, Any]:
+    """torch.profiler over one call of ``fn`` (after one untimed call): where its wall time goes.
+
+    ``wall_ms``; ``kernel_ms`` (the GPU kernels' own time, summed: the GPU is idle for the rest of
+    the wall time); ``graph_replays`` (``cudaGraphLaunch``: with NeMo's no_while_loops graphs, one
+    per step of its decoding loop); ``host_syncs`` (``aten::item`` + ``aten::_local_scalar_dense``,
+    so each ``.item()`` twice: flag reads from the GPU, and reads of CPU tensors); ``kernels``
+    (launches outside graphs); with ``top``, ``top_ops``: the ``top`` operators with the most GPU
+    time of their own, as ``[name, GPU ms, calls]``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+
+    def count(*names):
+        return sum(e.count for e in events if e.key in names)
+
+    def own_us(e):
+        return getattr(e, "self_device_time_total", 0) or 0
+
+    out = {
+        "wall_ms": wall * 1e3,
+        "kernel_ms": sum(own_us(e) for e in events) / 1e3,
+        "graph_replays": count("cudaGraphLaunch"),
+        "host_syncs": count("aten::item", "aten::_local_scalar_dense"),
+        "kernels": count("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"),
+    }
+    if top:
+        ranked = sorted((e for e in events if own_us(e) > 0), key=own_us, reverse=True)[:top]
+        out["top_ops"] = [[e.key[:80], round(own_us(e) / 1e3, 3), e.count] for e in ranked]
+    return out
+
+
 def free() -> None:
     """Collect garbage and return cached GPU memory (between sections)."""
     gc.collect()

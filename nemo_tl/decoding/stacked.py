@@ -152,7 +152,6 @@ class StackedLanguageDecoding:
         cfg = OmegaConf.create(OmegaConf.to_container(decoding_cfg, resolve=True))
         with open_dict(cfg):
             cfg.strategy = "greedy_batch"
-            cfg.greedy.loop_labels = True
         vocabulary = [label for labels in vocabularies.values() for label in labels]
         self.decoding = RNNTDecoding(decoding_cfg=cfg, decoder=self.decoder, joint=self.joint, vocabulary=vocabulary)
 

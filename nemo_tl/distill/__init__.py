@@ -2,7 +2,13 @@
 
 from nemo_tl.distill.cache import TeacherCache, build_cache, cache_fingerprint
 from nemo_tl.distill.config import DistillationConfig
-from nemo_tl.distill.objective import KDWeights, distillation_loss, teacher_weights
+from nemo_tl.distill.objective import (
+    KDWeights,
+    distillation_loss,
+    distillation_terms,
+    distillation_total,
+    teacher_weights,
+)
 from nemo_tl.distill.teachers import Teacher, TeacherOutputs, check_teacher, load_teachers, teacher_outputs
 
 __all__ = [
@@ -15,6 +21,8 @@ __all__ = [
     "cache_fingerprint",
     "check_teacher",
     "distillation_loss",
+    "distillation_terms",
+    "distillation_total",
     "load_teachers",
     "teacher_outputs",
     "teacher_weights",

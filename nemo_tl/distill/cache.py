@@ -357,18 +357,31 @@ class CachedTeacherBatch:
 
     outputs: list[TeacherOutputs]
 
-    def on_device(self, device: torch.device | str) -> list[TeacherOutputs]:
-        """The outputs on ``device`` (Lightning has usually moved them already)."""
+    def _map(self, fn) -> list[TeacherOutputs]:
         return [
-            o if o.log_probs.device == torch.device(device) else replace(
+            replace(
                 o,
-                log_probs=o.log_probs.to(device),
-                lengths=o.lengths.to(device),
-                logvar=None if o.logvar is None else o.logvar.to(device),
-                hidden={b: h.to(device) for b, h in o.hidden.items()},
+                log_probs=fn(o.log_probs),
+                lengths=fn(o.lengths),
+                logvar=None if o.logvar is None else fn(o.logvar),
+                hidden={b: fn(h) for b, h in o.hidden.items()},
             )
             for o in self.outputs
         ]
+
+    def pin_memory(self) -> CachedTeacherBatch:
+        """Page-locked copies (the DataLoader calls this with ``pin_memory: true``), for asynchronous copies."""
+        return CachedTeacherBatch(self._map(torch.Tensor.pin_memory))
+
+    def on_device(self, device: torch.device | str) -> list[TeacherOutputs]:
+        """The outputs on ``device`` (Lightning has usually moved them already).
+
+        Copies from pinned memory are asynchronous (``non_blocking``): the step does not wait for them.
+        """
+        device = torch.device(device)
+        if all(o.log_probs.device == device for o in self.outputs):
+            return list(self.outputs)
+        return self._map(lambda t: t.to(device, non_blocking=t.is_pinned()))
 
 
 class CachedTeacherCollate:

@@ -22,6 +22,8 @@ from nemo_tl.losses.kd import frame_mask, hidden_kd_loss, token_kd_loss, uncerta
 __all__ = [
     "KDWeights",
     "distillation_loss",
+    "distillation_terms",
+    "distillation_total",
     "greedy_ctc_matches",
     "mean_max_probability",
     "teacher_weights",
@@ -99,8 +101,9 @@ def teacher_weights(
         keep: K (B,) bool tensors, or None (keep all).
         confidences: K (B,) tensors c_{k,b} > 0, or None (fixed weighting).
     """
-    gamma = torch.tensor([float(g) for g in gammas], device=device).unsqueeze(1).expand(-1, batch_size)
-    weights = gamma.clone()
+    # Filled on the device, not copied from a host list: a blocking host-to-device copy would make
+    # every training step wait here for the forwards queued before it.
+    weights = torch.stack([torch.full((batch_size,), float(g), device=device) for g in gammas])
     if keep is not None:
         weights = weights * torch.stack([m.to(device=weights.device, dtype=weights.dtype) for m in keep])
     if confidences is not None:
@@ -114,8 +117,7 @@ def _crop(x: torch.Tensor, frames: int, time_dim: int) -> torch.Tensor:
     return x.narrow(time_dim, 0, frames) if x.shape[time_dim] > frames else x
 
 
-def distillation_loss(
-    ctc_loss: torch.Tensor,
+def distillation_terms(
     student_logits: torch.Tensor,
     student_lengths: torch.Tensor,
     teachers: Sequence[TeacherOutputs],
@@ -127,24 +129,23 @@ def distillation_loss(
     hidden_pairs: Sequence[tuple[int, int]] = (),
     projections: Mapping[str, torch.nn.Module] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The total teacher-student loss and its parts.
+    """The KD parts of the objective: ``tok_kd_loss``, ``unc_kd_loss`` and ``hidden_kd_loss``.
+
+    Each is Σ_k mean_b γ_{k,b} L^k_b. They need no hard labels, so a training step can queue
+    them before the CTC loss (whose CUDA kernel reads the target lengths on the host, a sync):
+    their many small kernels then launch while the GPU still runs the forwards.
 
     Args:
-        ctc_loss: scalar L_CTC of the student (NeMo's CTC loss, ``mean_batch``).
         student_logits: (B, T, V+1) student logits; the corrupted g of an uncertainty decoder in training.
         student_lengths: (B,) student encoder lengths.
         teachers: K teacher outputs on the same utterances.
         weights: (K, B) γ_{k,b} from :func:`teacher_weights`.
-        hp: φ, α, β, T, w_h.
+        hp: T (the other weights apply in :func:`distillation_total`).
         student_logvar: (B, T, V+1) student log σ²; the uncertainty term is used when it is given
             and every teacher has a ``logvar``.
         student_hidden: student block index -> (B, D_s, T) block outputs.
         hidden_pairs: (student block, teacher block) pairs for hidden KD.
         projections: ``f"{k}:{student block}:{teacher block}"`` -> module mapping D_s to D_t, where the widths differ.
-
-    Returns:
-        ``train_loss`` = φ·``ctc_loss`` + α·(``tok_kd_loss`` + β·``unc_kd_loss``) + w_h·``hidden_kd_loss``,
-        where each KD part is Σ_k mean_b γ_{k,b} L^k_b.
     """
     if weights.shape != (len(teachers), student_logits.shape[0]):
         raise input_error(
@@ -182,5 +183,36 @@ def distillation_loss(
                 _crop(s_h, frames_h, 2), _crop(t_h, frames_h, 2), lengths, projection=proj, reduction="none"
             )
             hid = hid + (w * per_utt).mean()
+    return {"tok_kd_loss": tok, "unc_kd_loss": unc, "hidden_kd_loss": hid}
+
+
+def distillation_total(ctc_loss: torch.Tensor, terms: Mapping[str, torch.Tensor], hp: KDWeights) -> dict[str, torch.Tensor]:
+    """``train_loss`` = φ·``ctc_loss`` + α·(``tok_kd_loss`` + β·``unc_kd_loss``) + w_h·``hidden_kd_loss``, with its parts."""
+    tok, unc, hid = terms["tok_kd_loss"], terms["unc_kd_loss"], terms["hidden_kd_loss"]
     total = hp.hard_label_weight * ctc_loss + hp.alpha * (tok + hp.beta * unc) + hp.hidden_weight * hid
     return {"train_loss": total, "ctc_loss": ctc_loss, "tok_kd_loss": tok, "unc_kd_loss": unc, "hidden_kd_loss": hid}
+
+
+def distillation_loss(
+    ctc_loss: torch.Tensor,
+    student_logits: torch.Tensor,
+    student_lengths: torch.Tensor,
+    teachers: Sequence[TeacherOutputs],
+    weights: torch.Tensor,
+    hp: KDWeights,
+    **kwargs,
+) -> dict[str, torch.Tensor]:
+    """The total teacher-student loss and its parts: :func:`distillation_terms` then :func:`distillation_total`.
+
+    Args:
+        ctc_loss: scalar L_CTC of the student (NeMo's CTC loss, ``mean_batch``).
+        student_logits, student_lengths, teachers, weights, hp, and the keywords
+            ``student_logvar``, ``student_hidden``, ``hidden_pairs``, ``projections``: as for
+            :func:`distillation_terms`.
+
+    Returns:
+        ``train_loss`` = φ·``ctc_loss`` + α·(``tok_kd_loss`` + β·``unc_kd_loss``) + w_h·``hidden_kd_loss``,
+        where each KD part is Σ_k mean_b γ_{k,b} L^k_b.
+    """
+    terms = distillation_terms(student_logits, student_lengths, teachers, weights, hp, **kwargs)
+    return distillation_total(ctc_loss, terms, hp)

@@ -275,7 +275,8 @@ def teacher_outputs(
     device = signal.device
     if next(model.parameters()).device != device:
         model.to(device)
-    model.eval()
+    if model.training:
+        model.eval()
     with capture_encoder_blocks(model, hidden_blocks) as hidden:
         log_probs, lengths, _ = model.forward(input_signal=signal, input_signal_length=signal_len)
     logvar = model.decoder.last_logvar if has_uncertainty_head(model) else None

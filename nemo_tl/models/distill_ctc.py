@@ -32,7 +32,8 @@ from nemo_tl.distill.cache import (
 )
 from nemo_tl.distill.config import DistillationConfig
 from nemo_tl.distill.objective import (
-    distillation_loss,
+    distillation_terms,
+    distillation_total,
     greedy_ctc_matches,
     mean_max_probability,
     teacher_weights,
@@ -246,22 +247,22 @@ class DistillCTCModel(TransferCTCModel):
 
     # ------------------------------------------------------------------ training
     def distillation_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """The loss and its parts on one batch: audio, lengths, transcripts, lengths[, sample ids[, manifest ids]]."""
+        """The loss and its parts on one batch: audio, lengths, transcripts, lengths[, sample ids[, manifest ids]].
+
+        Queued in the order that keeps the GPU busy: student forward, teacher forwards (online),
+        KD terms, and NeMo's CTC loss last: its kernel reads the target lengths on the host, so
+        the host waits there for everything queued before it.
+        """
         signal, signal_len, transcript, transcript_len = batch[:4]
         dist = self._distillation
         pairs = dist.hidden.pairs
         with capture_encoder_blocks(self, [s for s, _ in pairs]) as student_hidden:
             log_probs, encoded_len, _ = self.forward(input_signal=signal, input_signal_length=signal_len)
-        ctc_loss = self.loss(
-            log_probs=log_probs, targets=transcript, input_lengths=encoded_len, target_lengths=transcript_len
-        )
-        ctc_loss = self.add_auxiliary_losses(ctc_loss)
         uncertain_student = has_uncertainty_head(self)
         # Kim et al. eq. 5: in training the student's KD distribution is softmax of the corrupted g.
         student_logits = self.decoder.last_logits if uncertain_student else log_probs
         outputs = self._teacher_batch(batch)
-        return distillation_loss(
-            ctc_loss,
+        terms = distillation_terms(
             student_logits,
             encoded_len,
             outputs,
@@ -272,6 +273,11 @@ class DistillCTCModel(TransferCTCModel):
             hidden_pairs=pairs,
             projections=self.hidden_projections,
         )
+        ctc_loss = self.loss(
+            log_probs=log_probs, targets=transcript, input_lengths=encoded_len, target_lengths=transcript_len
+        )
+        ctc_loss = self.add_auxiliary_losses(ctc_loss)
+        return distillation_total(ctc_loss, terms, dist.weights)
 
     def training_step(self, batch, batch_nb):
         if not self._teachers:
