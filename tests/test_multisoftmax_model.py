@@ -241,6 +241,34 @@ def test_every_decoder_avoids_full_graphs_through_nemo_hooks(manifests, architec
     assert set(graph_modes(off)) == {None}
 
 
+def test_frame_looping_decoders_decode_alike_and_loop_without_conditional_graphs(manifests):
+    """NeMo's frame-looping greedy_batch (``loop_labels: false``): the batched LID-free decoder follows it
+    and gives each language's own texts; NeMo's frame-looping graph (conditional nodes) is not kept."""
+    frames = MultiSoftmaxRNNTModel(ms_cfg(decoding={"greedy": {"loop_labels": False}}))
+    labels = MultiSoftmaxRNNTModel(ms_cfg())
+    labels.load_state_dict(frames.state_dict())
+    audio = [f for lang in LANGS for f in files(manifests[lang], 1)]
+    for model in (frames, labels):
+        model.eval()
+    stacked = frames._stacked_decoding()
+    assert stacked is not None and stacked.decoding.decoding.loop_labels is False
+    free = frames.transcribe(audio, batch_size=3, verbose=False, min_frames=math.inf)
+    for lang in LANGS:
+        by_labels = [h.text for h in labels.transcribe(audio, batch_size=3, verbose=False, lang=lang)]
+        assert [h.lang_hypotheses[lang] for h in free] == by_labels
+    # As NeMo builds it on a GPU with conditional nodes: the graph decoder in place of the Python loop.
+    for decoding in frames._decodings():
+        greedy = decoding.decoding
+        greedy.use_cuda_graph_decoder, greedy._greedy_decode = True, "conditional-node graph"
+        frames._limit_graphs_mode(decoding)
+        assert greedy._greedy_decode == greedy._greedy_decode_blank_as_pad_loop_frames
+    full = MultiSoftmaxRNNTModel(ms_cfg(decoding={"greedy": {"loop_labels": False}}, cuda_graphs_mode="full_graph"))
+    greedy = full.lang_decoding["en"].decoding
+    greedy.use_cuda_graph_decoder, greedy._greedy_decode = True, "conditional-node graph"
+    full._limit_graphs_mode(full.lang_decoding["en"])
+    assert greedy._greedy_decode == "conditional-node graph"
+
+
 @pytest.mark.parametrize("architecture", ["multisoftmax", "vanilla"])
 def test_half_precision_encoder_output_decodes_as_full_precision(manifests, architecture):
     """A BatchNorm encoder under bf16 autocast returns bf16; NeMo's CUDA-graph decoder runs without autocast."""

@@ -546,7 +546,10 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
     # EncDecRNNTModels, torch 2.11 + CUDA 13; bench/repro_cuda_graphs.py). A multilingual model holds
     # one decoder per language plus the batched LID-free one, so it uses NeMo's other graph mode,
     # no_while_loops (graphs for the loop bodies, loops in Python), unless ``model.cuda_graphs_mode``
-    # says full_graph. NeMo's hooks (training off, validation/test on) reach every decoder.
+    # says full_graph. NeMo's frame-looping decoder (``greedy.loop_labels: false``) has only a
+    # conditional-node graph, which crashes the same way (docs/PERFORMANCE.md §4, fifth session):
+    # it loops in Python unless full_graph. NeMo's hooks (training off, validation/test on) reach
+    # every decoder.
 
     def _decodings(self) -> list[RNNTDecoding]:
         """Every NeMo decoding the model holds: one per language (or the union one) and the batched LID-free one."""
@@ -559,9 +562,18 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         return decodings
 
     def _limit_graphs_mode(self, decoding: RNNTDecoding) -> None:
-        """Turn NeMo's full-graph mode into no_while_loops for ``decoding`` (unless the config asks for full_graph)."""
-        computer = getattr(decoding.decoding, "decoding_computer", None)
-        if computer is None or self.cfg.get("cuda_graphs_mode", "no_while_loops") == "full_graph":
+        """No conditional-node CUDA graphs in ``decoding`` (unless the config asks for full_graph).
+
+        Label looping: NeMo's full-graph mode becomes no_while_loops. Frame looping: NeMo's graph
+        decoder (one conditional-node graph) gives way to its loop without graphs.
+        """
+        if self.cfg.get("cuda_graphs_mode", "no_while_loops") == "full_graph":
+            return
+        greedy = decoding.decoding
+        computer = getattr(greedy, "decoding_computer", None)
+        if computer is None:
+            if getattr(greedy, "loop_labels", True) is False and getattr(greedy, "use_cuda_graph_decoder", False):
+                greedy.disable_cuda_graphs()
             return
         if computer.cuda_graphs_mode is computer.CudaGraphsMode.FULL_GRAPH:
             computer.cuda_graphs_mode = computer.CudaGraphsMode.NO_WHILE_LOOPS
