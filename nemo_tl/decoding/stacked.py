@@ -15,8 +15,9 @@ utterance b decoded as language l:
   batched matmul per step) and gives −inf to the other languages' labels, so every row's
   argmax, score and log-softmax equal those of its own language's joint.
 
-NeMo's label-looping greedy decoder (``greedy_batch``) then decodes all rows at once. Its result
-for each row equals what language l's own NeMo decoder gives (tested). Rows of a language that
+NeMo's ``greedy_batch`` decoder then decodes all rows at once, label-looping or frame-looping as
+``decoding.greedy.loop_labels`` says. Its result for each row equals what language l's own NeMo
+decoder gives (tested, both algorithms). Rows of a language that
 early stopping switched off get the encoder length t_l^off, so they stop where the rule says.
 
 Not covered (the model falls back to one decoder per language): language-specific prediction
@@ -46,7 +47,7 @@ class StackedLanguageJoint(NeuralModule):
         vocab_sizes: ``{lang: V_l}`` (labels without blank).
 
     The batch of every call holds L blocks of equal size, block l being language l's rows (the
-    layout :class:`StackedLanguageDecoding` builds); NeMo's label-looping decoder keeps the batch
+    layout :class:`StackedLanguageDecoding` builds); NeMo's greedy_batch decoders keep the batch
     fixed, so every call sees that layout.
     """
 
@@ -125,7 +126,7 @@ class StackedLanguageDecoding:
         decoders: ``{lang: RNNTDecoder}`` in LID order, all sharing one prediction LSTM.
         joints: ``{lang: RNNTJoint}`` in the same order.
         vocabularies: ``{lang: labels}`` (without blank).
-        decoding_cfg: the model's RNNT decoding config (greedy_batch; label looping is used).
+        decoding_cfg: the model's RNNT decoding config (greedy_batch, with its ``greedy.loop_labels``).
     """
 
     def __init__(
