@@ -221,6 +221,9 @@ def bench(args, results: Results, workdir: str) -> None:
     }
     prepared = {}
     for name, (model, width) in models.items():
+        if name == ON_DEVICE:  # the same model and optimizer as "cache, 2 teachers"
+            prepared[name] = prepared["cache, 2 teachers"]
+            continue
         model.to(device)
         model.train()
         prepared[name] = (model, setup_optimizer(model, NOVOGRAD), width)
@@ -290,14 +293,11 @@ def bench(args, results: Results, workdir: str) -> None:
             ["precision", "variant", "ms", "vs student", "goal", "peak GiB", "vs student", "host syncs"], rows
         )
     )
-    syncs = {
-        name: x["host_syncs"]["where"]
-        for p in out["precisions"].values()
-        for name, x in p["by_variant"].items()
-        if x.get("host_syncs", {}).get("count")
-    }
-    for name, where in syncs.items():
-        print(f"host syncs, {name}: " + ", ".join(f"{k} x{n}" for k, n in where.items()))
+    for precision, p in out["precisions"].items():
+        for name, x in p["by_variant"].items():
+            where = x.get("host_syncs", {}).get("where")
+            if where:
+                print(f"host syncs, {precision}, {name}: " + ", ".join(f"{k} x{n}" for k, n in where.items()))
     for precision, p in out["precisions"].items():
         for name, x in p["by_variant"].items():
             prof = x.get("profile")

@@ -377,13 +377,15 @@ def host_syncs(variant: Variant, device: str) -> dict[str, Any]:
 def profile_call(fn: Callable[[], Any], device: str, top: int = 0) -> dict[str, Any]:
     """torch.profiler over one call of ``fn`` (after one untimed call): where its wall time goes.
 
-    ``wall_ms``; ``kernel_ms`` (the GPU kernels' own time, summed: the GPU is idle for the rest of
-    the wall time); ``graph_replays`` (``cudaGraphLaunch``: with NeMo's no_while_loops graphs, one
+    ``wall_ms``; ``kernel_ms`` (the GPU kernels' own time, summed, as torch.profiler's table totals
+    it: device events only, not the operators and launches they are also attributed to, nor
+    user-annotated ranges; the GPU is idle for the rest of the wall time); ``graph_replays`` (``cudaGraphLaunch``: with NeMo's no_while_loops graphs, one
     per step of its decoding loop); ``host_syncs`` (``aten::item`` + ``aten::_local_scalar_dense``,
     so each ``.item()`` twice: flag reads from the GPU, and reads of CPU tensors); ``kernels``
     (launches outside graphs); with ``top``, ``top_ops``: the ``top`` operators with the most GPU
     time of their own, as ``[name, GPU ms, calls]``.
     """
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -401,9 +403,10 @@ def profile_call(fn: Callable[[], Any], device: str, top: int = 0) -> dict[str, 
     def own_us(e):
         return getattr(e, "self_device_time_total", 0) or 0
 
+    kernels = [e for e in events if e.device_type != DeviceType.CPU and not e.is_user_annotation]
     out = {
         "wall_ms": wall * 1e3,
-        "kernel_ms": sum(own_us(e) for e in events) / 1e3,
+        "kernel_ms": sum(own_us(e) for e in kernels) / 1e3,
         "graph_replays": count("cudaGraphLaunch"),
         "host_syncs": count("aten::item", "aten::_local_scalar_dense"),
         "kernels": count("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"),
