@@ -20,6 +20,7 @@ setup(
         "matplotlib>=3.7",
         "babel>=2.12",
         "espeakng-loader>=0.2",
+        "inflect>=7.0",  # NeMo's 'en' text normalizer spells numbers with it (without it, it drops the utterance)
     ],
     extras_require={"test": ["pytest>=8", "ruff>=0.5"]},
     package_data={"nemo_tl": ["assets/*.nemo"]},

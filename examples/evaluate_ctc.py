@@ -5,9 +5,10 @@
 
 Writes ``{manifest_path: {"wer": %, "cer": %, "utterances": n}}`` as JSON to ``output``
 (default: beside the model), and with ``baseline`` also the base-vs-tuned table as JSON and Markdown.
+The JSON is strict: a figure that does not exist (the relative change against a base WER of 0)
+is ``null`` there and "n/a" in the tables.
 """
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -16,8 +17,9 @@ from nemo.collections.asr.models import ASRModel
 from nemo.core.config import hydra_runner
 
 import nemo_tl  # noqa: F401  (lets nemo_tl .nemo files restore)
-from nemo_tl.evaluation import evaluate_manifests, forgetting_table, results_table
+from nemo_tl.evaluation import evaluate_manifests, forgetting_table, results_table, to_strict_json
 from nemo_tl.utils.atomic import atomic_write
+from nemo_tl.utils.training import quiet_restore_logs
 
 
 @dataclass
@@ -37,22 +39,24 @@ def _restore(path: str) -> ASRModel:
 
 @hydra_runner(config_name="EvaluateConfig", schema=EvaluateConfig)
 def main(cfg: EvaluateConfig) -> None:
+    quiet_restore_logs()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = _restore(cfg.model_path).to(device).eval()
     tuned = evaluate_manifests(model, list(cfg.manifests), batch_size=cfg.batch_size)
     print(results_table(tuned, title=cfg.model_path))
     output = cfg.output or os.path.splitext(cfg.model_path)[0] + "_eval.json"
-    payload = tuned
+    payload, written = tuned, [output]
     if cfg.baseline:
         base = evaluate_manifests(_restore(cfg.baseline).to(device).eval(), list(cfg.manifests), cfg.batch_size)
         rows, md = forgetting_table(base, tuned)
-        print(f"\nBase {cfg.baseline} vs tuned {cfg.model_path}:\n{md}")
+        print(f"\nBase {cfg.baseline} vs tuned {cfg.model_path} (rel. change n/a where the base WER is 0):\n{md}")
         payload = {"tuned": tuned, "base": base, "comparison": rows}
-        with atomic_write(os.path.splitext(output)[0] + ".md", "w", encoding="utf-8") as f:
+        written.append(os.path.splitext(output)[0] + ".md")
+        with atomic_write(written[-1], "w", encoding="utf-8") as f:
             f.write(md + "\n")
     with atomic_write(output, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-    print(f"\nwritten: {output}")
+        f.write(to_strict_json(payload, indent=2) + "\n")
+    print(f"\nwritten: {', '.join(written)}")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
     python examples/evaluate_multilingual.py model_path=ms.nemo \
         'manifests=[en_test.json,hi_test.json]' 'modes=[known,lid_free,oracle]' \
-        baseline_path=vanilla.nemo baseline_mode=lid_free \
-        'sweep=[[inf,inf],[100,0.2],[30,0.2],[30,0.5],[10,0.2]]' plot=sweep.png
+        baseline=vanilla.nemo baseline_mode=lid_free \
+        'sweep=[[inf,inf],[100,0.2],[30,0.2],[30,0.5],[10,0.2]]' plot=sweep.png output_json=eval.json
+    python examples/evaluate_multilingual.py model_path=ms.nemo 'manifests=[en_test.json,hi_test.json]' \
+        'baseline={en:en_mono.nemo,hi:hi_mono.nemo}'
 
 Prints WER per language, word-weighted average WER, WERR against the baseline, utterance LID
 accuracy and mean T_avg per mode; then WER / T_avg / LID accuracy per (τ, s_th) (τ in encoder
-frames), saved as a PNG. ``baseline_path`` may also be a mapping ``{lang: mono.nemo}`` of plain
-NeMo monolingual models (scored on their own language).
+frames), saved as a PNG. ``baseline`` (named as in ``examples/evaluate_ctc.py``) is a .nemo, or
+a mapping ``{lang: mono.nemo}`` of plain NeMo monolingual models (each scored on its own
+language). ``output_json`` gets the table as strict JSON (a figure that does not exist is ``null``).
 """
 
 from dataclasses import dataclass, field
@@ -28,6 +31,9 @@ from nemo_tl.decoding.multilingual_eval import (
     sweep,
     to_json,
 )
+from nemo_tl.evaluation import fmt
+from nemo_tl.utils.atomic import atomic_write
+from nemo_tl.utils.training import quiet_restore_logs
 
 
 @dataclass
@@ -35,7 +41,7 @@ class EvalConfig:
     model_path: str = "???"
     manifests: list[str] = field(default_factory=list)
     modes: list[str] = field(default_factory=lambda: ["known", "lid_free", "oracle"])
-    baseline_path: Any = None  # a .nemo, or {lang: monolingual .nemo}
+    baseline: Any = None  # a .nemo, or {lang: monolingual .nemo}
     baseline_mode: str = "known"
     sweep: list[Any] = field(default_factory=list)  # [[τ, s_th], ...], τ in encoder frames; inf allowed
     plot: str = "lid_free_sweep.png"
@@ -44,18 +50,18 @@ class EvalConfig:
 
 
 def _baseline(cfg: EvalConfig) -> EvalResult | None:
-    if cfg.baseline_path is None:
+    if cfg.baseline is None:
         return None
-    if isinstance(cfg.baseline_path, str):
+    if isinstance(cfg.baseline, str):
         return evaluate(
-            ASRModel.restore_from(cfg.baseline_path, map_location="cpu"),
+            ASRModel.restore_from(cfg.baseline, map_location="cpu"),
             cfg.manifests,
             cfg.baseline_mode,
             cfg.batch_size,
         )
     # One monolingual model per language: score each on its own manifests' utterances.
     hyps, refs, langs = [], [], []
-    for lang, path in cfg.baseline_path.items():
+    for lang, path in cfg.baseline.items():
         mono = ASRModel.restore_from(path, map_location="cpu")
         for manifest in cfg.manifests:
             r = evaluate(mono, [manifest], "known", cfg.batch_size)
@@ -68,6 +74,7 @@ def _baseline(cfg: EvalConfig) -> EvalResult | None:
 
 @hydra_runner(config_name="EvalConfig", schema=EvalConfig)
 def main(cfg: EvalConfig) -> None:
+    quiet_restore_logs()
     cfg = OmegaConf.to_object(cfg) if not isinstance(cfg, EvalConfig) else cfg
     model = ASRModel.restore_from(cfg.model_path, map_location="cpu")
     model.eval()
@@ -76,13 +83,14 @@ def main(cfg: EvalConfig) -> None:
     rows.update({mode: evaluate(model, cfg.manifests, mode, cfg.batch_size) for mode in cfg.modes})
     print(format_table(rows, model.languages, baseline))
     if cfg.output_json:
-        with open(cfg.output_json, "w", encoding="utf-8") as f:
-            f.write(to_json(rows))
+        with atomic_write(cfg.output_json, "w", encoding="utf-8") as f:
+            f.write(to_json(rows) + "\n")
+        print(f"written: {cfg.output_json}")
     if cfg.sweep:
         points = sweep(model, cfg.manifests, [(float(t), float(s)) for t, s in cfg.sweep], cfg.batch_size)
         print("tau\ts_th\tWER\tT_avg\tLID acc")
         for p in points:
-            print(f"{p['tau']:g}\t{p['s_th']:g}\t{p['wer']:.2f}\t{p['t_avg']:.2f}\t{p['lid_accuracy']:.1f}")
+            print(f"{p['tau']:g}\t{p['s_th']:g}\t{fmt(p['wer'])}\t{fmt(p['t_avg'])}\t{fmt(p['lid_accuracy'], '.1f')}")
         print(f"saved {plot_sweep(points, cfg.plot)}")
 
 

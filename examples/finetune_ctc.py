@@ -16,8 +16,6 @@ model.transfer.reinitialize=true (train-from-scratch control). The final model i
 ``save_to`` (default ``<exp_dir>/<name>.nemo``).
 """
 
-import os
-
 import lightning.pytorch as pl
 from nemo.core.config import hydra_runner
 from nemo.utils.exp_manager import exp_manager
@@ -25,18 +23,23 @@ from omegaconf import OmegaConf
 
 from nemo_tl.models import TransferCTCModel
 from nemo_tl.utils.atomic import atomic_save_to
+from nemo_tl.utils.scripts import final_report, output_path
+from nemo_tl.utils.training import quiet_restore_logs
 
 
 @hydra_runner(config_path="../conf", config_name="quartznet_finetune")
 def main(cfg):
+    quiet_restore_logs()  # NeMo logs a restored model's dataset configs, one label a line
     trainer = pl.Trainer(**cfg.trainer)
     log_dir = exp_manager(trainer, cfg.get("exp_manager", None))
+    save_to = output_path(cfg, log_dir)  # checked before training: an unwritable path stops here
     model = TransferCTCModel(cfg=cfg.model, trainer=trainer)
     trainer.fit(model)
-    save_to = cfg.get("save_to") or os.path.join(str(log_dir or "."), f"{cfg.name}.nemo")
     atomic_save_to(model, save_to)
     print(f"saved: {save_to}")
     print(OmegaConf.to_yaml(model.cfg.transfer))
+    print("final greedy WER and CER per validation set:")
+    print(final_report(model))
 
 
 if __name__ == "__main__":

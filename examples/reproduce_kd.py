@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.student_share <= 1:
         p.error("--student-share must be in (0, 1]")
 
-    from nemo_tl.utils.training import quick_trainer, quiet_logs
+    from nemo_tl.utils.training import TrainingTimer, quick_trainer, quiet_logs
 
     quiet_logs()
     from omegaconf import OmegaConf
@@ -207,14 +207,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def fit(model_cls, cfg, steps: int):
         torch.manual_seed(args.seed)
-        trainer = quick_trainer(steps)
+        timer = TrainingTimer()
+        trainer = quick_trainer(steps, callbacks=[timer])
         start = time.time()
         model = model_cls(cfg=OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), trainer=trainer)
         built = time.time()
         torch.manual_seed(args.seed)  # the same dither/SpecAugment/noise draws, whatever the teachers consumed
         trainer.fit(model)
         last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("loss")}
-        return model, {"build_s": built - start, "train_s": time.time() - built,
+        return model, {"build_s": built - start, "train_s": timer.seconds,
                        "params": sum(q.numel() for q in model.parameters()), "last_losses": last}
 
     def evaluate(model) -> dict:

@@ -75,14 +75,14 @@ def quartznet_encoder(features: int, hidden: int) -> dict:
 
 def train(cfg, steps: int):
     from nemo_tl.models import MultiSoftmaxRNNTModel
-    from nemo_tl.utils.training import quick_trainer
+    from nemo_tl.utils.training import TrainingTimer, quick_trainer
 
-    trainer = quick_trainer(steps)
+    timer = TrainingTimer()
+    trainer = quick_trainer(steps, callbacks=[timer])
     model = MultiSoftmaxRNNTModel(cfg=cfg, trainer=trainer)
-    start = time.time()
     trainer.fit(model)
     model.eval()
-    return model, time.time() - start
+    return model, timer.seconds
 
 
 def main(argv: list[str] | None = None) -> int:

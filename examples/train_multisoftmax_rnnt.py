@@ -8,7 +8,7 @@
 Baselines: ``--config-name vanilla_rnnt`` / ``--config-name onehot_rnnt`` (or
 ``model.architecture=vanilla``); LSP: ``model.language_specific_prediction=true``.
 Every manifest line carries ``lang``; each training batch holds one language, drawn ∝ hours
-(``model.train_ds.mixing``). The final model is written to ``<exp_dir>/<name>.nemo``.
+(``model.train_ds.mixing``). The final model is written to ``save_to`` (default ``<exp_dir>/<name>.nemo``).
 """
 
 import os
@@ -18,21 +18,24 @@ from nemo.core.config import hydra_runner
 from nemo.utils.exp_manager import exp_manager
 
 from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
+from nemo_tl.utils.scripts import output_path
+from nemo_tl.utils.training import quiet_restore_logs
 
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf")
 
 
 @hydra_runner(config_path=CONF, config_name="multisoftmax_rnnt")
 def main(cfg):
+    quiet_restore_logs()  # NeMo logs a restored model's dataset configs, one label a line
     trainer = pl.Trainer(**cfg.trainer)
     log_dir = exp_manager(trainer, cfg.get("exp_manager", None))
+    save_to = output_path(cfg, log_dir)  # checked before training: an unwritable path stops here
     model = MultiSoftmaxRNNTModel(cfg=cfg.model, trainer=trainer)
     trainer.fit(model)
     if cfg.model.get("test_ds") is not None and cfg.model.test_ds.get("manifest_filepath"):
         trainer.test(model)
-    path = os.path.join(str(log_dir), f"{cfg.name}.nemo")
-    model.save_to(path)
-    print(f"saved {path}")
+    model.save_to(save_to)  # atomic
+    print(f"saved: {save_to}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,12 @@ config targets, so that ``.nemo`` files written by nemo_tl restore through NeMo'
 ``ASRModel.restore_from``. Nothing broader is registered and the check stays on.
 """
 
-from nemo.core.classes import common as _nemo_common
+import logging as _logging
+
+# NeMo's telemetry (nv_one_logger) warns on every import that it is disabled; say nothing instead.
+_logging.getLogger("nv_one_logger").setLevel(_logging.ERROR)
+
+from nemo.core.classes import common as _nemo_common  # noqa: E402
 
 __version__ = "0.1.0"
 

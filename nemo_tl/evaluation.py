@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from nemo.collections.asr.metrics.wer import word_error_rate
 
@@ -54,12 +57,33 @@ def evaluate_manifests(model, manifests: Sequence[str], batch_size: int = 16, **
     return results
 
 
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    """``value`` formatted with ``spec``, or ``"n/a"`` where it is None, NaN or infinite."""
+    return format(value, spec) if value is not None and math.isfinite(value) else "n/a"
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (in dicts, lists, tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def to_strict_json(obj: Any, **dump_kwargs: Any) -> str:
+    """``json.dumps`` that a strict parser reads: NaN and infinities become ``null``."""
+    return json.dumps(finite_or_none(obj), allow_nan=False, **dump_kwargs)
+
+
 def results_table(results: dict[str, dict], title: str = "") -> str:
     """A Markdown table of :func:`evaluate_manifests` results."""
     lines = [f"### {title}", ""] if title else []
     lines += ["| manifest | WER % | CER % | utterances |", "|---|---:|---:|---:|"]
     for path, r in results.items():
-        lines.append(f"| {path} | {r['wer']:.2f} | {r['cer']:.2f} | {r['utterances']} |")
+        lines.append(f"| {path} | {fmt(r['wer'])} | {fmt(r['cer'])} | {r['utterances']} |")
     return "\n".join(lines)
 
 
@@ -68,15 +92,18 @@ def forgetting_table(base: dict[str, dict], tuned: dict[str, dict]) -> tuple[dic
 
     Returns:
         (rows as a JSON-able dict, Markdown table). The relative change is
-        ``(tuned - base) / base`` in percent; positive means the tuned model is worse.
+        ``(tuned - base) / base`` in percent; positive means the tuned model is worse. Where the
+        base WER is 0 (or not finite) there is no relative change: ``None`` in the rows, "n/a" in
+        the table.
     """
     rows = {}
     md = ["| manifest | base WER % | tuned WER % | rel. change % | base CER % | tuned CER % |",
           "|---|---:|---:|---:|---:|---:|"]
     for path in tuned:
         b, t = base[path], tuned[path]
-        rel = 100.0 * (t["wer"] - b["wer"]) / b["wer"] if b["wer"] > 0 else float("nan")
+        rel = 100.0 * (t["wer"] - b["wer"]) / b["wer"] if math.isfinite(b["wer"]) and b["wer"] > 0 else None
         rows[path] = {"base_wer": b["wer"], "tuned_wer": t["wer"], "relative_change": rel,
                       "base_cer": b["cer"], "tuned_cer": t["cer"], "utterances": t["utterances"]}
-        md.append(f"| {path} | {b['wer']:.2f} | {t['wer']:.2f} | {rel:+.1f} | {b['cer']:.2f} | {t['cer']:.2f} |")
+        md.append(f"| {path} | {fmt(b['wer'])} | {fmt(t['wer'])} | {fmt(rel, '+.1f')} | {fmt(b['cer'])} "
+                  f"| {fmt(t['cer'])} |")
     return rows, "\n".join(md)

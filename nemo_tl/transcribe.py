@@ -9,6 +9,11 @@ nemo_tl (so that nemo_tl ``.nemo`` files restore):
 
 With ``calculate_wer=true`` and a manifest that has ``text``, WER (or CER with ``use_cer=true``)
 is printed. ``lang=hi`` decodes a multi-softmax RNN-T with that language's decoder only.
+
+Before any model is loaded, ``model_path`` must be a complete .nemo archive and every line of
+``dataset_manifest`` must give audio NeMo can read (JSON, audio present, readable, mono, finite):
+otherwise an InputError names the file (and line). Transcripts are not checked: transcription
+does not read them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from nemo.core.config import hydra_runner
 from omegaconf import OmegaConf
 
 import nemo_tl  # noqa: F401  (registers the nemo_tl target prefix)
+from nemo_tl.data.validate import check_manifests
 from nemo_tl.errors import input_error
+from nemo_tl.utils.nemo_file import check_nemo_file
 
 
 @dataclass
@@ -55,6 +62,10 @@ def transcribe(cfg: TranscriptionConfig) -> str:
         raise input_error("no model given", where="model_path", fix="set model_path=M.nemo or pretrained_name=NAME")
     if not cfg.audio_dir and not cfg.dataset_manifest:
         raise input_error("no audio given", where="dataset_manifest", fix="set dataset_manifest=... or audio_dir=...")
+    if cfg.model_path and cfg.model_path != "None" and "://" not in cfg.model_path:
+        check_nemo_file(cfg.model_path, where="model_path")
+    if cfg.dataset_manifest and not (cfg.audio_dir and not cfg.append_pred):  # NeMo reads the manifest
+        check_manifests(cfg.dataset_manifest, audio_only=True, where="dataset_manifest")
     device = transcribe_utils.get_inference_device(cuda=cfg.cuda, allow_mps=False)
     model, model_name = transcribe_utils.setup_model(cfg, device)
     model.eval()
@@ -85,6 +96,9 @@ def transcribe(cfg: TranscriptionConfig) -> str:
 
 @hydra_runner(config_name="TranscriptionConfig", schema=TranscriptionConfig)
 def main(cfg: TranscriptionConfig) -> None:
+    from nemo_tl.utils.training import quiet_restore_logs
+
+    quiet_restore_logs()
     transcribe(cfg)
 
 

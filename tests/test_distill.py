@@ -410,7 +410,7 @@ def test_example_script_runs_with_hydra_overrides(teacher_a, en_manifest, tmp_pa
         f"exp_manager.exp_dir={tmp_path / 'exp'}",
         "exp_manager.create_checkpoint_callback=false",
         "exp_manager.create_tensorboard_logger=false",
-        f"+save_to={out}",
+        f"save_to={out}",
     ]
     script = os.path.join(ROOT, "examples", "distill_ctc.py")
     env = {**os.environ, "PYTHONPATH": ROOT}

@@ -70,7 +70,7 @@ def test_rows_differ_in_their_kd_losses_as_labelled(smoke):
 
 def test_no_test_sentence_is_heard_in_training(smoke):
     _, out, results = smoke
-    test_texts = {e["text"] for d in results["domains"] for e in read_manifest(str(out / "corpus" / d / "test.json"))}
+    test_texts = {e["text"] for d in results["domains"] for e in read_manifest(str(out / "corpus" / d / f"{d}_test.json"))}
     for d in results["domains"]:
         teacher = read_manifest(str(out / "corpus" / d / "train_teacher.json"))
         student = read_manifest(str(out / "corpus" / d / "train_student.json"))

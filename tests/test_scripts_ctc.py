@@ -9,12 +9,15 @@ import sys
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 from nemo.collections.asr.models import ASRModel
 
-from nemo_tl.data.synthetic import make_tone_manifest
+from nemo_tl.data.synthetic import make_tone_manifest, write_manifest
+from nemo_tl.evaluation import read_references
 from nemo_tl.models import TransferCTCModel
 from nemo_tl.transfer import introspect
-from tests.conftest import EN_LABELS, ROOT
+from nemo_tl.transfer.vocabulary import shared_label_rows
+from tests.conftest import DE_LABELS, EN_LABELS, ROOT
 from tests.helpers import fit
 
 
@@ -44,7 +47,7 @@ def tuned(tmp_path_factory, base_nemo, en_manifest, en2_manifest):
         "model.train_ds.batch_size=4", "model.validation_ds.batch_size=4", "model.spec_augment=null",
         "trainer.max_steps=3", "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false",
         f"exp_manager.exp_dir={work}", "exp_manager.create_checkpoint_callback=false",
-        "exp_manager.create_tensorboard_logger=false", f"+save_to={out}",
+        "exp_manager.create_tensorboard_logger=false", f"save_to={out}",
         cwd=str(work),
     )
     return work, out
@@ -99,3 +102,83 @@ def test_introspection_reports_no_change_in_frozen_blocks(tmp_path, base_nemo, e
     assert rows["decoder.decoder_layers.0.weight"]["relative_change"] > 0.0
     for png in ("weights.png", "weight_changes.png"):
         assert open(os.path.join(out, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def strict_json(path: str):
+    """``path`` parsed as strict JSON: NaN, Infinity and -Infinity are errors, as in most parsers."""
+
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    with open(path, encoding="utf-8") as f:
+        return json.loads(f.read(), parse_constant=refuse)
+
+
+def test_evaluate_script_writes_strict_json_when_the_base_is_perfect(tmp_path, base_nemo, en_manifest):
+    """A base at 0% WER has no relative change: null in the JSON, "n/a" in the tables; restores stay quiet."""
+    base = ASRModel.restore_from(base_nemo, map_location="cpu").eval()
+    audio, _ = read_references(en_manifest)
+    hyps = [h.text for h in base.transcribe(audio, batch_size=4, verbose=False)]
+    assert all(hyps)
+    entries = [{**json.loads(line), "text": hyp} for line, hyp in zip(open(en_manifest), hyps)]
+    manifest = write_manifest(str(tmp_path / "perfect.json"), entries)  # what the base says: 0% WER
+    out = str(tmp_path / "eval.json")
+    proc = run(os.path.join(ROOT, "examples", "evaluate_ctc.py"), f"model_path={base_nemo}", f"baseline={base_nemo}",
+               f"manifests=[{manifest}]", f"output={out}", cwd=str(tmp_path))
+    row = strict_json(out)["comparison"][manifest]
+    assert row["base_wer"] == 0.0 and row["tuned_wer"] == 0.0 and row["relative_change"] is None
+    assert "| n/a |" in open(str(tmp_path / "eval.md")).read() and "| n/a |" in proc.stdout
+    assert "If you intend to do training" not in proc.stdout + proc.stderr  # no dataset config, label by label
+
+
+def test_introspection_compares_the_decoder_on_the_labels_both_models_hold(tmp_path, base_nemo, de_manifest,
+                                                                        monkeypatch):
+    model = TransferCTCModel.from_base(base_nemo, labels=DE_LABELS)  # keep_shared: 27 labels + blank copied
+    fit(model, de_manifest, steps=1)
+    tuned_path = str(tmp_path / "de.nemo")
+    model.save_to(tuned_path)
+    figures = []
+    save = Figure.savefig
+
+    def recording_savefig(fig, *args, **kwargs):
+        figures.append((fig.get_suptitle(), {ax.get_xlabel() for ax in fig.axes if ax.axison}))
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    out = str(tmp_path / "introspect")
+    assert introspect.main([base_nemo, tuned_path, "--out", out]) == 0
+
+    row = {r["layer"]: r for r in json.load(open(os.path.join(out, "layers.json")))}["decoder.decoder_layers.0.weight"]
+    assert row["shape"] == [32, 128, 1] and row["compared_on"] == "27 shared labels + blank (28 of 32 rows)"
+    base = ASRModel.restore_from(base_nemo, map_location="cpu")
+    base_rows, tuned_rows = shared_label_rows(EN_LABELS, DE_LABELS)  # "ä" is row 27 in German, "'" row 27 in English
+    w_base, w_tuned = base.decoder.decoder_layers[0].weight, model.decoder.decoder_layers[0].weight
+    expected = (w_tuned[tuned_rows] - w_base[base_rows]).abs().max().item()
+    assert row["max_abs_change"] == pytest.approx(expected) and 0 < expected < 0.5
+    assert "decoder.decoder_layers.0.weight" in open(os.path.join(out, "layers.md")).read()
+    (w_title, w_axes), (d_title, d_axes) = figures
+    assert base_nemo in w_title and tuned_path in w_title and base_nemo in d_title and tuned_path in d_title
+    assert w_axes == {"log10 |w|  (0 at -12)"} and d_axes == {"log10 |Δw|  (0 at -12)"}
+
+
+def test_introspection_names_the_layers_it_cannot_compare_and_why():
+    def model(labels: list[str], inputs: int, extra: bool) -> torch.nn.Module:
+        m = torch.nn.Module()
+        m.encoder = torch.nn.Linear(inputs, 3)
+        m.decoder = torch.nn.Linear(3, len(labels) + 1)
+        m.decoder.vocabulary = labels
+        if extra:
+            m.adapter = torch.nn.Linear(3, 3)
+        return m
+
+    base, tuned = model(["a", "b"], 4, False), model(["b", "c", "a"], 5, True)
+    pairs, left_out = introspect.aligned_weights(base, tuned)
+    w_base, w_tuned, compared_on = pairs["decoder.weight"]
+    assert torch.equal(w_base, base.decoder.weight[[1, 0, 2]]) and torch.equal(w_tuned, tuned.decoder.weight[[0, 2, 3]])
+    assert compared_on == "2 shared labels + blank (3 of 4 rows)"
+    assert {r["layer"]: r["reason"] for r in left_out} == {
+        "encoder.weight": "shape 3x5 against the base's 3x4, and no label mapping applies",
+        "adapter.weight": "not in the base model",
+    }
+    md = introspect.markdown(introspect.weight_changes(base, tuned), left_out)
+    assert "- encoder.weight: shape 3x5 against the base's 3x4" in md and "- adapter.weight: not in the base" in md

@@ -17,7 +17,14 @@ import pytest
 import soundfile as sf
 
 from nemo_tl.data import synth_corpus
-from nemo_tl.data.synth_corpus import Utterance, get_backend, render, split_texts, synthesize_corpus
+from nemo_tl.data.synth_corpus import (
+    Utterance,
+    describe_backend,
+    get_backend,
+    render,
+    split_texts,
+    synthesize_corpus,
+)
 from nemo_tl.data.texts import LANGUAGES, digit_texts, labels_for, normalize, text_pool
 from nemo_tl.errors import InputError
 
@@ -95,6 +102,10 @@ def test_text_split_does_not_depend_on_corpus_size():
 def test_corpus_manifests(corpus):
     out, manifests = corpus
     assert set(manifests) == {"en", "de"} and set(manifests["en"]) == {"train", "dev", "test"}
+    # The language is in the file name: NeMo names per-set validation metrics by manifest stem.
+    assert manifests["de"]["dev"] == os.path.join(out, "de", "de_dev.json")
+    stems = [os.path.splitext(os.path.basename(p))[0] for splits in manifests.values() for p in splits.values()]
+    assert len(set(stems)) == len(stems) == 6
     for lang, splits in manifests.items():
         by_split = {s: read_manifest(p) for s, p in splits.items()}
         assert [len(v) for v in by_split.values()] == [16, 2, 2]
@@ -146,10 +157,12 @@ def test_manifests_load_in_nemo_char_dataset(corpus):
         assert "".join(labels[i] for i in tokens[: int(tokens_len)].tolist()) == entries[0]["text"]
 
 
-def test_hours_target_and_accent_lang_from_cli(tmp_path):
+def test_hours_target_and_accent_lang_from_cli(tmp_path, capsys):
     manifests = synth_corpus.main(
         ["--langs", "en-029", "--hours", "0.004", "--out", str(tmp_path), "--jobs", "1", "--texts", "cldr"]
     )
+    assert manifests["en-029"]["dev"] == str(tmp_path / "en-029" / "en-029_dev.json")
+    assert str(tmp_path / "en-029" / "en-029_train.json") in capsys.readouterr().out  # says where they are
     summary = json.load(open(tmp_path / "corpus.json", encoding="utf-8"))
     info = summary["languages"]["en-029"]
     assert info["voice"] == "en-029" and info["base_language"] == "en"
@@ -194,6 +207,13 @@ def test_backend_synthesizes_speech(backend, tmp_path):
 
 def test_some_backend_is_available():
     get_backend("auto")  # CI installs espeak-ng: no backend is a failure, not a skip
+
+
+def test_describe_backend_names_the_one_that_spoke():
+    """scripts/setup_env.sh prints this line: the backend the corpus tool will use."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # keep libespeak-ng's state out of this process
+        line = pool.apply(describe_backend, ("espeakng-loader",))
+    assert line.startswith("espeakng-loader (espeak-ng ") and line.endswith("from the espeakng-loader wheel)")
 
 
 def test_unknown_language_or_voice(tmp_path):

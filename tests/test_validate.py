@@ -210,12 +210,13 @@ def test_uppercase_follows_nemos_normalize_transcripts(tmp_path, wavs):
     assert check_dataset_config(ds_config(m, normalize_transcripts=True), labels=EN_LABELS) is not None
 
 
-def test_normalization_that_destroys_vocabulary_letters_is_a_warning(tmp_path, wavs):
-    m = write_lines(tmp_path / "m.json", [line(wavs["a"], text="grüße")])
+def test_normalization_that_destroys_vocabulary_letters_is_an_error(tmp_path, wavs):
+    m = write_lines(tmp_path / "m.json", [line(wavs["a"], text="Grüße")])
     (p,) = validate_manifest(m, labels=DE_LABELS, normalize=True, parser="en")
-    assert p.severity == "warning" and (p.line, p.key) == (1, "text")
-    assert "'ü', 'ß'" in p.message
+    assert p.severity == "error" and (p.line, p.key) == (1, "text")
+    assert "the 'en' normalizer turns 'grüße' into 'grusse'" in p.message and p.fix.startswith("set parser: base")
     assert validate_manifest(m, labels=DE_LABELS, normalize=True, parser="base") == []
+    assert validate_manifest(m, labels=DE_LABELS, normalize=True) == []  # no parser: base for these labels
 
 
 def test_missing_lang(tmp_path, wavs):

@@ -51,6 +51,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +173,9 @@ def parse_mixing_config(mixing: Mapping | None, num_manifests: int, where: str =
     if not math.isfinite(temperature):
         raise input_error(f"temperature must be finite, got {temperature!r}", where=f"{where}.temperature")
 
+    if isinstance(weights, tuple):
+        _checked_probabilities(weights, float(temperature), where)
+
     per_batch = mixing.get("per_batch", False)
     if per_batch is None:
         per_batch = False
@@ -201,12 +205,42 @@ def parse_mixing_config(mixing: Mapping | None, num_manifests: int, where: str =
 
 
 def mixing_probabilities(weights: Sequence[float], temperature: float = 1.0) -> np.ndarray:
-    """p_i ∝ (w_i / Σw)^(1/T), normalized; ``weights`` (K,) → (K,) float64 summing to 1."""
+    """p_i ∝ (w_i / Σw)^(1/T), normalized; ``weights`` (K,) → (K,) float64 summing to 1.
+
+    Raises ValueError when the result would not be finite: Σw overflows float64 (huge weights), or
+    every (w_i / Σw)^(1/T) underflows to 0 (a tiny T).
+    """
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or len(w) == 0 or (w < 0).any() or w.sum() <= 0 or temperature <= 0:
         raise ValueError(f"need non-negative weights with a positive sum and T > 0, got {weights}, T={temperature}")
-    p = (w / w.sum()) ** (1.0 / temperature)
-    return p / p.sum()
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        total = w.sum()
+        p = (w / total) ** (np.float64(1.0) / temperature)
+        norm = p.sum()
+    if not np.isfinite(total):
+        raise ValueError(f"the weights {list(weights)} sum to more than float64 can hold")
+    if not (np.isfinite(norm) and norm > 0):
+        raise ValueError(f"every (w_i / Σw)^(1/T) underflows to 0 with T={temperature:g}")
+    return p / norm
+
+
+def _checked_probabilities(weights: Sequence[float], temperature: float, where: str) -> np.ndarray:
+    """:func:`mixing_probabilities`; a non-finite result is an InputError naming ``weights`` or ``temperature``."""
+    if not math.isfinite(sum(float(w) for w in weights)):
+        raise input_error(
+            f"the weights sum to more than the largest number a float can hold ({sys.float_info.max:.3g}), "
+            "so the mixing probabilities are not finite",
+            where=f"{where}.weights",
+            fix="scale the weights down, e.g. to shares that sum to 1 (only their ratios matter)",
+        )
+    try:
+        return mixing_probabilities(weights, temperature)
+    except ValueError as e:
+        raise input_error(
+            f"temperature {temperature:g} makes the mixing probabilities non-finite: {e}",
+            where=f"{where}.temperature",
+            fix="use a temperature near 1.0 (T < 1 sharpens the weights, T > 1 flattens them)",
+        ) from None
 
 
 def quotas(probabilities: Sequence[float], total: int) -> np.ndarray:
@@ -597,7 +631,7 @@ def build_mixed_dataloader(
         weights = list(mixing.weights)
     sampler = MixedBatchSampler(
         [len(d) for d in datasets],
-        mixing_probabilities(weights, mixing.temperature),
+        _checked_probabilities(weights, mixing.temperature, f"{section}.mixing"),
         batch_size,
         per_batch=mixing.per_batch,
         seed=mixing.seed,

@@ -6,8 +6,9 @@
         [--utterances N] [--seed 0] [--splits train=0.8,dev=0.1,test=0.1] [--jobs N] \\
         [--texts digits|cldr|mixed] [--backend auto|espeakng-loader|libespeak-ng|cli]
 
-Writes, for each language code ``L`` given, ``DIR/L/{train,dev,test}.json`` (NeMo manifests
-with ``audio_filepath`` (absolute), ``duration``, ``text``, ``lang``), the 16 kHz mono 16-bit
+Writes, for each language code ``L`` given, ``DIR/L/L_{train,dev,test}.json`` (NeMo manifests
+with ``audio_filepath`` (absolute), ``duration``, ``text``, ``lang``; the language in the file
+name keeps NeMo's per-set validation names, the manifest stems, apart), the 16 kHz mono 16-bit
 wavs under ``DIR/L/<split>/``, and ``DIR/corpus.json`` (hours and utterances per language and
 split, backend, the exact command).
 
@@ -236,6 +237,26 @@ def get_backend(name: str = "auto") -> LibEspeak | CliEspeak:
     raise input_error(f"no espeak-ng backend found (tried {name})", where="synth_corpus", fix=_INSTALL_FIX)
 
 
+_BACKEND_SOURCES = {
+    "espeakng-loader": "the espeakng-loader wheel",
+    "libespeak-ng": "the system library",
+    "cli": "the espeak-ng program",
+}
+
+
+def describe_backend(name: str = "auto") -> str:
+    """One line naming the backend ``name`` resolves to, after it has spoken a test word.
+
+    ``"espeakng-loader (espeak-ng 1.52.0 from the espeakng-loader wheel)"``; raises
+    :class:`~nemo_tl.errors.InputError` when none is installed, ``RuntimeError`` when it cannot speak.
+    """
+    backend = get_backend(name)
+    audio, _ = backend.synth("one", "en-us", 175, 50)
+    if audio.size == 0:
+        raise RuntimeError(f"espeak-ng backend {backend.name} gave no audio for a test word")
+    return f"{backend.name} (espeak-ng {backend.version} from {_BACKEND_SOURCES[backend.name]})"
+
+
 def _data_dir(backend: LibEspeak | CliEspeak) -> str | None:
     if backend.data_dir:
         return backend.data_dir
@@ -398,6 +419,15 @@ def _command(out_dir, langs, hours, utterances, seed, text_source, splits, jobs,
     return shlex.join(args)
 
 
+def manifest_path(out_dir: str, lang: str, split: str) -> str:
+    """Where :func:`synthesize_corpus` writes the manifest of ``lang``'s ``split``: ``out_dir/de/de_dev.json``.
+
+    The file name carries the language, so NeMo's per-set validation names (the manifest
+    stem: ``de_dev``, ``en_dev``) differ when several languages are validated in one run.
+    """
+    return os.path.join(out_dir, lang, f"{lang}_{split}.json")
+
+
 def synthesize_corpus(
     out_dir: str,
     langs: list[str] | str,
@@ -530,7 +560,7 @@ def synthesize_corpus(
         }
         for split in splits:
             st = state[lang, split]
-            path = write_manifest(os.path.join(out_dir, lang, f"{split}.json"), st["entries"])
+            path = write_manifest(manifest_path(out_dir, lang, split), st["entries"])
             manifests.setdefault(lang, {})[split] = path
             info["splits"][split] = {
                 "manifest": path,
@@ -568,6 +598,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, str]]:
         for lang, info in json.load(f)["languages"].items():
             parts = ", ".join(f"{s} {v['utterances']} utts {v['hours']:.3f} h" for s, v in info["splits"].items())
             print(f"{lang} ({info['voice']}): {parts}")
+            print(f"  {', '.join(info['splits'][s]['manifest'] for s in info['splits'])}")
     return manifests
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import unicodedata
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,25 @@ def labels_for(lang: str) -> list[str]:
                 if unicodedata.category(ch)[0] in "LM" and unicodedata.normalize("NFC", ch) == ch:
                     letters.append(ch)
     return [" ", *letters]
+
+
+def expand_labels(value: Any, where: str = "model.labels") -> Any:
+    """``value`` with a language code (``"de"``) replaced by that language's alphabet, :func:`labels_for`.
+
+    A plain string is always read as a language code, never as a sequence of characters (``"de"``
+    is German, not the labels ``['d', 'e']``); lists and other values are returned as they are.
+    Raises InputError naming ``where`` for a code without an alphabet here.
+    """
+    if not isinstance(value, str):
+        return value
+    base = value.split("-")[0].lower()
+    if base not in LANGUAGES:
+        raise input_error(
+            f"unknown language code {value!r} (a plain string is read as a language code)",
+            where=where,
+            fix=f"use one of {', '.join(LANGUAGES)}, or give the characters as a list, e.g. [' ', a, b, c]",
+        )
+    return list(labels_for(base))
 
 
 @cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -25,18 +26,34 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import soundfile as sf
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from nemo_tl.data.manifest import AUDIO_KEYS, flatten_manifest_filepath, iter_manifest_lines, resolve_audio_path
+from nemo_tl.data.texts import LANGUAGES, expand_labels
 from nemo_tl.errors import InputError, input_error
 
-__all__ = ["Problem", "check_dataset_config", "check_dataset_options", "load_labels", "main", "validate_manifest"]
+if TYPE_CHECKING:
+    from nemo_tl.data.frames import EncoderFrames
+
+__all__ = [
+    "Problem",
+    "check_dataset_config",
+    "check_dataset_options",
+    "check_manifests",
+    "default_parser",
+    "load_labels",
+    "main",
+    "validate_manifest",
+]
 
 DURATION_TOLERANCE = 0.10  # relative difference allowed between "duration" and the audio's length
 REPORT_LIMIT = 50  # problems listed in an InputError message
+FILTERED_SHARE_WARNING = 0.10  # min/max_duration removing more than this share of a manifest is warned about
+_FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only sample formats that can hold NaN or Inf
+_SCAN_BLOCK = 1 << 20  # samples read at a time when scanning float audio for NaN/Inf
 
 Labels = Sequence[str] | Mapping[str, Sequence[str]]
 
@@ -68,21 +85,35 @@ class Problem:
         return f"{self.file}:{self.line}: [{self.key}] {message}{fix}"
 
 
-class _TextChecker:
-    """Applies NeMo's char parser normalization, then finds characters outside ``labels``."""
+_ENGLISH_LABELS = frozenset(" abcdefghijklmnopqrstuvwxyz'")
 
-    def __init__(self, labels: Sequence[str], parser: str = "en", normalize: bool = False):
+
+def default_parser(labels: Sequence[str] | None) -> str:
+    """The NeMo char parser nemo_tl uses when a dataset config sets none: ``en`` for labels within
+    a-z, space and apostrophe, else ``base`` (NeMo's ``en`` normalizer transliterates every other
+    letter to ASCII: ``größe`` -> ``grosse``, ``ёлка`` -> ``iolka``)."""
+    return "en" if labels is not None and all(label in _ENGLISH_LABELS for label in labels) else "base"
+
+
+class _TextChecker:
+    """Applies NeMo's char parser normalization, then finds characters outside ``labels``.
+
+    ``parser`` None picks :func:`default_parser` for the labels.
+    """
+
+    def __init__(self, labels: Sequence[str], parser: str | None = None, normalize: bool = False):
         from nemo.collections.common.parts.preprocessing.parsers import make_parser
 
         self.labels = list(labels)
         self.label_set = set(self.labels)
         self.special = {label for label in self.labels if len(label) > 1}
         self.normalize = normalize
+        self.parser = parser or default_parser(self.labels)
         try:
-            self._parser = make_parser(self.labels, name=parser, do_normalize=normalize, do_tokenize=False)
+            self._parser = make_parser(self.labels, name=self.parser, do_normalize=normalize, do_tokenize=False)
         except ValueError:
             raise input_error(
-                f"unknown text parser {parser!r}",
+                f"unknown text parser {self.parser!r}",
                 where="parser",
                 fix="set parser to one of 'en', 'base', 'ru' (NeMo's char parsers)",
             ) from None
@@ -104,6 +135,29 @@ class _TextChecker:
                 if ch not in self.label_set:
                     out[ch] = None
         return list(out)
+
+    def _label_counts(self, text: str) -> Counter:
+        """How often each label character (other than space) occurs in ``text``, its capitals counted as it."""
+        counts: Counter = Counter()
+        for ch in unicodedata.normalize("NFC", text):
+            ch = ch if ch in self.label_set else ch.lower()
+            if ch in self.label_set and ch != " ":
+                counts[ch] += 1
+        return counts
+
+    def changed_words(self, text: str, normalized: str) -> list[tuple[str, str]]:
+        """``(word, what normalization makes of it)`` for every word whose label characters it
+        transliterates or drops (lowercasing, punctuation and spelled-out numbers are fine)."""
+        kept = self._label_counts(normalized)
+        if all(kept[c] >= n for c, n in self._label_counts(text).items()):
+            return []
+        changed = []
+        for word in unicodedata.normalize("NFC", text).split():
+            after = self._parser(word) or ""
+            kept = self._label_counts(after)
+            if any(kept[c] < n for c, n in self._label_counts(word).items()):
+                changed.append((word.lower(), after))
+        return changed
 
 
 def _number(value: Any) -> float | None:
@@ -131,6 +185,8 @@ class _Header(NamedTuple):
     sample_rate: int = 0
     frames: int = 0
     error: str | None = None
+    channels: int = 1
+    nonfinite: int = 0  # NaN/Inf samples (float files only)
 
 
 def _read_header(audio_file: str, manifest: str) -> _Header:
@@ -143,9 +199,22 @@ def _read_header(audio_file: str, manifest: str) -> _Header:
     full = os.path.abspath(full)  # filtered copies live elsewhere: relative paths must not stay relative
     try:
         with sf.SoundFile(full) as f:
-            return _Header(full, True, int(f.samplerate), int(f.frames))
+            nonfinite = _count_nonfinite(f) if f.subtype in _FLOAT_SUBTYPES else 0
+            return _Header(full, True, int(f.samplerate), int(f.frames), None, int(f.channels), nonfinite)
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/OSError
         return _Header(full, True, error=str(e).strip() or type(e).__name__)
+
+
+def _count_nonfinite(f: sf.SoundFile) -> int:
+    """NaN/Inf samples of an open float-subtype file, read in blocks of its own precision."""
+    import numpy as np
+
+    dtype = "float64" if f.subtype == "DOUBLE" else "float32"
+    block = max(1, _SCAN_BLOCK // max(1, f.channels))
+    count = 0
+    for samples in f.blocks(blocksize=block, dtype=dtype, always_2d=True):
+        count += int(samples.size - np.count_nonzero(np.isfinite(samples)))
+    return count
 
 
 @dataclass
@@ -171,8 +240,11 @@ class _ManifestChecker:
         sample_rate: int | None,
         *,
         normalize: bool,
-        parser: str,
+        parser: str | None,
         check_audio: bool,
+        section: str | None = None,
+        mono: bool = True,
+        frames: EncoderFrames | None = None,
     ):
         if isinstance(labels, Mapping) and languages is None:
             languages = list(labels)
@@ -180,7 +252,11 @@ class _ManifestChecker:
         self.languages = sorted(set(languages)) if languages is not None else None
         self.sample_rate = int(sample_rate) if sample_rate is not None else None
         self.normalize, self.parser, self.check_audio = normalize, parser, check_audio
+        prefix = f"{section}." if section else ""
+        self.parser_key, self.normalize_key = f"{prefix}parser", f"{prefix}normalize_transcripts"
         self._checkers: dict[str | None, _TextChecker] = {}
+        self.mono, self.frames = mono, frames  # multi-channel audio is an error; the model's encoder frames
+        self._tokenizers: dict[str | None, Any] = {}
 
     def check(self, path: str) -> _Result:
         """Every problem of manifest ``path`` and its error-free entries."""
@@ -188,8 +264,8 @@ class _ManifestChecker:
         self.problems: list[Problem] = []
         self._headers: dict[str, _Header] = {}  # audio path as written -> header
         self._rates: dict[int, list[int]] = {}  # sample rate -> [lines, first line]
-        self._lost: dict[str, None] = {}  # vocabulary characters that normalization replaces
-        self._lost_lines: list[int] = []
+        self._audio: dict[int, tuple[int, int]] = {}  # line -> (sample rate, samples) of its audio file
+        self._frame_needs: dict[int, tuple[int, int, int]] = {}  # line -> (samples at model rate, frames, labels)
         try:
             lines = list(iter_manifest_lines(path))
         except FileNotFoundError:
@@ -210,7 +286,10 @@ class _ManifestChecker:
             if entry is not None:
                 self._check_entry(number, entry)
                 if not any(p.is_error for p in self.problems[before:]):
-                    kept.append(entry)
+                    kept.append((number, entry))
+                    self._note_frames_needed(number, entry)
+        unalignable = self._check_frames()
+        kept = [entry for number, entry in kept if number not in unalignable]
         self._summary_warnings()
         self.problems.sort(key=lambda p: p.line)
         return _Result(self.problems, kept, len(lines))
@@ -242,6 +321,11 @@ class _ManifestChecker:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as e:
+            if line.startswith("\ufeff"):  # NeMo's reader (json.loads per line) rejects it too
+                message = "the line starts with a UTF-8 byte-order mark (BOM, a file saved as 'UTF-8 with BOM')"
+                fix = f"save the manifest as UTF-8 without BOM, e.g. `sed -i 's/^\\xEF\\xBB\\xBF//' {self.path}`"
+                self._add(number, "json", message, fix, "malformed JSON")
+                return None
             self._add(number, "json", f"malformed JSON: {e.msg} at column {e.colno}", _OBJECT_FIX, "malformed JSON")
             return None
         if not isinstance(entry, dict):
@@ -329,10 +413,103 @@ class _ManifestChecker:
                 continue
             if "://" in h.path:
                 continue  # object store: not read here
+            if h.channels != 1 and self.mono:
+                self._add(
+                    number,
+                    key,
+                    f"{h.channels} channels in {original}; NeMo's batches need mono audio",
+                    "downmix to mono, e.g. `sox in.wav -c 1 out.wav` (or set the dataset's channel_selector, "
+                    "e.g. 'average')",
+                    "multi-channel audio",
+                )
+            if h.nonfinite:
+                self._add(
+                    number,
+                    key,
+                    f"{original} holds {h.nonfinite} NaN or Inf sample(s); every batch with it would get a "
+                    "non-finite loss",
+                    "re-export the audio from its source, or remove the line",
+                    "non-finite audio",
+                )
             sr, frames = h.sample_rate, h.frames
             seconds = frames / sr if seconds is None else min(seconds, frames / sr)
             self._rates.setdefault(sr, [0, number])[0] += 1
+            if number not in self._audio or frames < self._audio[number][1]:
+                self._audio[number] = (sr, frames)
         return seconds
+
+    def _note_frames_needed(self, number: int, entry: dict) -> None:
+        """Remember the samples the model gets of this line's audio and the encoder frames its transcript needs."""
+        if self.frames is None or number not in self._audio:
+            return
+        sr, samples = self._audio[number]
+        duration, offset = _number(entry.get("duration")), _number(entry.get("offset") or 0) or 0.0
+        # As NeMo's AudioSegment.from_file loads it: seek int(offset * sr), read int(duration * sr), resample.
+        if offset > 0:
+            samples -= int(offset * sr)
+        if duration is not None and duration > 0:
+            samples = min(samples, int(duration * sr))
+        if sr != self.frames.sample_rate:
+            samples = math.ceil(samples * self.frames.sample_rate / sr)
+        tokens = self._tokens(number, entry) if self.frames.ctc else None
+        needed = self.frames.needed(tokens) if tokens is not None else 1
+        self._frame_needs[number] = (max(samples, 0), needed, len(tokens or ()))
+
+    def _tokens(self, number: int, entry: dict) -> list[int] | None:
+        """The label ids NeMo's char dataset makes of the line's transcript; None without labels."""
+        from nemo.collections.common.parts.preprocessing.parsers import make_parser
+
+        lang = entry.get("lang")
+        checker, found = self._checker(lang), self._text(number, entry)
+        if checker is None or found is None or not isinstance(found[1], str):
+            return None
+        text = checker.normalized(found[1])
+        if text is None:
+            return None
+        if lang not in self._tokenizers:
+            self._tokenizers[lang] = make_parser(checker.labels, name="base", do_normalize=False)
+        return self._tokenizers[lang](text)
+
+    def _check_frames(self) -> set[int]:
+        """Report the lines whose transcript needs more encoder frames than their audio gives; their numbers.
+
+        CTC needs one frame per label plus one between equal neighbours; RNN-T one frame. Silence
+        trimming (``trim_silence``) is not applied here, so its shorter audio may still fall short.
+        """
+        needs, frames = self._frame_needs, self.frames
+        if not needs:
+            return set()
+        lines = sorted(needs)
+        if not frames.ctc:  # the output length never falls as audio grows: only the shortest can have none
+            lines = [n for n in lines if needs[n][0] < frames.shortest()]
+        available = dict(zip(lines, frames.frames([needs[n][0] for n in lines])))
+        bad = set()
+        for number, have in available.items():
+            samples, needed, labels = needs[number]
+            if have >= needed:
+                continue
+            bad.add(number)
+            seconds = samples / frames.sample_rate
+            if frames.ctc:
+                self._add(
+                    number,
+                    "text",
+                    f"the transcript needs {needed} encoder frames ({labels} labels + {needed - labels} between "
+                    f"repeated labels) but its {seconds:.3f} s of audio give {have}: CTC cannot align it "
+                    "(NeMo's loss would be 0 and teach nothing)",
+                    "check that the transcript belongs to this audio; else shorten it or remove the line",
+                    "transcript longer than the audio allows",
+                )
+            else:
+                self._add(
+                    number,
+                    "duration",
+                    f"{seconds:.3f} s of audio give no encoder frame (the model needs at least "
+                    f"{frames.shortest() / frames.sample_rate:.3f} s)",
+                    "remove the line, or give it longer audio",
+                    "audio too short",
+                )
+        return bad
 
     def _check_duration(self, number: int, entry: dict, real: float | None) -> None:
         """``duration`` (and ``offset``) against ``real``, the audio's length in seconds."""
@@ -464,16 +641,45 @@ class _ManifestChecker:
         if checker is None:
             return
         norm = checker.normalized(text)
-        if norm is None or not norm.strip():
-            what = "fails on this transcript" if norm is None else "leaves nothing of this transcript"
+        if norm is None:
+            fix = f"set {self.parser_key}: base (it only strips and lowercases), or rewrite the transcript"
+            if checker.parser == "en" and any(c.isdigit() for c in text) and importlib.util.find_spec("inflect") is None:
+                fix = "install inflect (`pip install inflect`), which NeMo's 'en' normalizer needs to spell " \
+                      "numbers, or write the numbers as words"
             self._add(
                 number,
                 key,
-                f"NeMo's text normalization {what}",
+                f"NeMo's {checker.parser!r} normalizer fails on this transcript, so NeMo would drop the utterance",
+                fix,
+                "normalization",
+            )
+            return
+        if not norm.strip():
+            self._add(
+                number,
+                key,
+                "NeMo's text normalization leaves nothing of this transcript",
                 "write the transcript with characters of the vocabulary, or remove the line",
                 "empty text",
             )
             return
+        if self.normalize:
+            changed = checker.changed_words(text, norm)
+            if changed:
+                words = ", ".join(f"{w!r} into {n!r}" for w, n in changed[:3])
+                more = f" (and {len(changed) - 3} more words)" if len(changed) > 3 else ""
+                fix = f"set {self.parser_key}: base (it keeps every character and only strips and lowercases)"
+                if checker.parser == "base":
+                    fix = f"set {self.normalize_key}: false (the labels hold capitals, which lowercasing removes)"
+                self._add(
+                    number,
+                    key,
+                    f"the {checker.parser!r} normalizer turns {words}{more}: characters of the vocabulary would "
+                    "never be trained",
+                    fix,
+                    "normalization",
+                )
+                return
         unknown = checker.unknown(norm)
         if unknown:
             vocab = f" of language {lang!r}" if isinstance(self.labels, Mapping) else ""
@@ -482,7 +688,10 @@ class _ManifestChecker:
                 fix = f"write the transcripts in composed Unicode (NFC: unicodedata.normalize('NFC', text)); {fix}"
             cased = [c for c in unknown if c != c.lower() and c.lower() in checker.label_set]
             if cased and not self.normalize:
-                lower = "lowercase the transcripts (or set normalize_transcripts: true)"
+                lower = (
+                    f"set {self.normalize_key}: true (NeMo then lowercases; nemo_tl stops if its normalizer "
+                    "changes anything else), or lowercase the transcripts"
+                )
                 fix = lower if len(cased) == len(unknown) else f"{lower}; for the others: {fix}"
             self._add(
                 number,
@@ -491,14 +700,9 @@ class _ManifestChecker:
                 fix,
                 "characters not in vocabulary",
             )
-        if self.normalize:
-            gone = [c for c in dict.fromkeys(text) if c in checker.label_set and c not in norm]
-            if gone:
-                self._lost.update(dict.fromkeys(gone))
-                self._lost_lines.append(number)
 
     def _summary_warnings(self) -> None:
-        """One warning per manifest (not per line) for resampled audio and normalized-away characters."""
+        """One warning per manifest (not per line) for resampled audio."""
         for sr, (count, first) in sorted(self._rates.items()):
             if self.sample_rate is not None and sr != self.sample_rate:
                 self._add(
@@ -510,17 +714,6 @@ class _ManifestChecker:
                     "resampled",
                     "warning",
                 )
-        if self._lost:
-            self._add(
-                self._lost_lines[0],
-                "text",
-                f"{len(self._lost_lines)} line(s) from here on contain vocabulary characters "
-                f"{_chars(list(self._lost))} that NeMo's normalization (parser {self.parser!r}) replaces, "
-                "so the model never sees them",
-                "set normalize_transcripts: false (and lowercase the manifest), or parser: base",
-                "normalization",
-                "warning",
-            )
 
 
 def validate_manifest(
@@ -530,8 +723,9 @@ def validate_manifest(
     sample_rate: int | None = None,
     *,
     normalize: bool = False,
-    parser: str = "en",
+    parser: str | None = None,
     check_audio: bool = True,
+    frames: EncoderFrames | None = None,
 ) -> list[Problem]:
     """Every problem of the NeMo manifest ``path``, in line order; ``[]`` when it is clean.
 
@@ -541,14 +735,62 @@ def validate_manifest(
             ``{lang: labels}`` mapping for per-language vocabularies; None skips the check.
         languages: allowed ``lang`` values; given, every line needs a ``lang``.
         sample_rate: the model's rate; audio at another rate gives a warning (it is resampled).
-        normalize, parser: NeMo's ``normalize_transcripts`` and ``parser`` dataset settings
-            (NeMo's defaults: False, "en").
+        normalize, parser: NeMo's ``normalize_transcripts`` and ``parser`` dataset settings;
+            parser None is nemo_tl's default for the labels (:func:`default_parser`).
         check_audio: False for tarred datasets, whose audio is not on disk as listed.
+        frames: the model's encoder frames (:func:`nemo_tl.data.frames.model_encoder_frames`); given,
+            a line whose transcript needs more frames than its audio gives is an error (CTC: one per
+            label plus one between repeated labels; RNN-T: one).
+
+    Audio with more than one channel, and float audio holding NaN or Inf samples, are errors.
     """
     checker = _ManifestChecker(
-        labels, languages, sample_rate, normalize=normalize, parser=parser, check_audio=check_audio
+        labels, languages, sample_rate, normalize=normalize, parser=parser, check_audio=check_audio, frames=frames
     )
     return checker.check(path).problems
+
+
+_AUDIO_PROBLEM_KEYS = frozenset({"json", "manifest_filepath", *AUDIO_KEYS})
+
+
+def check_manifests(
+    paths: str | Sequence[str],
+    *,
+    labels: Labels | None = None,
+    sample_rate: int | None = None,
+    frames: EncoderFrames | None = None,
+    normalize: bool = False,
+    parser: str | None = None,
+    audio_only: bool = False,
+    where: str | None = None,
+) -> None:
+    """Raise an InputError listing every error of the manifests ``paths``; log their warnings.
+
+    For entry points that hand manifests to NeMo themselves (``nemo_tl.transcribe``,
+    ``nemo_tl.distill.cache``). ``audio_only``: only what reading the audio needs (JSON lines,
+    audio files present, readable, mono and finite), for manifests without ``text`` or
+    ``duration``. ``where`` names the argument or config key in the message; the other arguments
+    are those of :func:`validate_manifest`.
+    """
+    checker = _ManifestChecker(
+        None if audio_only else labels, None, sample_rate, normalize=normalize, parser=parser, check_audio=True,
+        frames=None if audio_only else frames,
+    )
+    errors = []
+    for path in [paths] if isinstance(paths, str) else list(paths):
+        for problem in checker.check(path).problems:
+            if audio_only and problem.key not in _AUDIO_PROBLEM_KEYS:
+                continue
+            if problem.is_error:
+                errors.append(problem)
+            else:
+                _log_once(str(problem))
+    if errors:
+        raise input_error(
+            f"{len(errors)} error(s) in the manifests:\n{format_report(errors)}",
+            where=where,
+            fix="correct or remove these lines (`python -m nemo_tl.data.validate MANIFEST` lists every problem)",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -670,33 +912,59 @@ def check_dataset_config(
     languages: Sequence[str] | None = None,
     sample_rate: int | None = None,
     section: str | None = None,
+    parser: str | None = None,
+    frames: EncoderFrames | None = None,
 ) -> DictConfig:
     """Validate every manifest of a dataset config before NeMo builds the dataset.
 
     ``config.manifest_filepath`` may be a path, a comma-separated string, a list, or nested
     lists (bucketing; Lhotse ``[path, weight]`` pairs). ``labels`` falls back to
     ``config.labels``, ``sample_rate`` to ``config.sample_rate``; the text is normalized with the
-    config's ``normalize_transcripts`` / ``parser``, as NeMo's char datasets do.
+    config's ``normalize_transcripts`` / ``parser``, as NeMo's char datasets do (``parser``, given,
+    is the one the caller's dataset uses whatever the config says). With no parser set (or
+    ``parser: null``), the returned config names :func:`default_parser` of the labels (NeMo's
+    default ``en`` would transliterate every non-ASCII letter under ``normalize_transcripts: true``);
+    a normalizer that still changes a character of the vocabulary or drops an utterance is an
+    error of that line.
 
-    Returns ``config`` unchanged when no line has an error. With errors, raises
+    Returns ``config`` (with the parser filled in as above) when no line has an error. With errors, raises
     :class:`InputError` listing them, unless ``config.skip_invalid`` is true: then filtered
     copies of the bad manifests (only the error-free lines, audio paths made absolute) are
     written to a temporary directory, the drops are logged per reason, and a copy of the
     config pointing at them is returned. The original files are never touched. ``section``
     (e.g. ``"train_ds"``) only names the section in messages.
+
+    Multi-channel audio is an error unless the config sets ``channel_selector``. ``frames`` (the
+    model's :class:`~nemo_tl.data.frames.EncoderFrames`) makes a transcript that needs more encoder
+    frames than its audio gives an error of its line. When ``min_duration`` / ``max_duration``
+    leave nothing of a manifest (counted as NeMo filters: by the manifest's ``duration``, keeping
+    ``min_duration <= duration <= max_duration``), InputError; when they remove more than
+    ``FILTERED_SHARE_WARNING`` of it, a warning.
     """
     if isinstance(config, Mapping) and not isinstance(config, DictConfig):
         config = OmegaConf.create(dict(config))
     check_dataset_options(config, section)
+    name = section or "the dataset"
+    if labels is None:
+        labels = _select(config, "labels")
+    normalize = bool(config.get("normalize_transcripts", False))
+    if parser is None:
+        parser = config.get("parser")
+        unset = normalize or "parser" in config  # NeMo reads no parser without normalization, but fails on null
+        if parser is None and unset and labels is not None and not isinstance(labels, Mapping):
+            parser = default_parser(labels)
+            config = copy.deepcopy(config)  # keeps the parent, so interpolations still resolve
+            with open_dict(config):
+                config.parser = parser
+            if normalize:
+                _log_once(f"{name}: normalize_transcripts with no parser set: using NeMo's {parser!r} char "
+                          "parser for these labels")
     value = config.get("manifest_filepath")
     if value is None:
         return config
     value = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
-    name = section or "the dataset"
     skip = f"{section}.skip_invalid" if section else "skip_invalid"
 
-    if labels is None:
-        labels = _select(config, "labels")
     if sample_rate is None:
         sample_rate = _select(config, "sample_rate")
     tarred = bool(config.get("is_tarred", False) or config.get("tarred_audio_filepaths"))
@@ -708,16 +976,23 @@ def check_dataset_config(
         labels,
         languages,
         sample_rate,
-        normalize=bool(config.get("normalize_transcripts", False)),
-        parser=config.get("parser", "en"),
+        normalize=normalize,
+        parser=parser,
         check_audio=not tarred,
+        section=section,
+        mono=_requires_mono(config.get("channel_selector")),
+        frames=frames,
     )
     results = {p: checker.check(p) for p in paths}
     problems = [q for r in results.values() for q in r.problems]
     for w in (q for q in problems if not q.is_error):
         _log_once(f"{name}: {w}")
     errors = [q for q in problems if q.is_error]
+    groups = {p: [r] for p, r in results.items()}  # what the duration filters must leave something of
+    if tarred:  # shards of one dataset: counted together
+        groups = {", ".join(flatten_manifest_filepath(value)): list(results.values())}
     if not errors:
+        _check_duration_filters(groups, config, section)
         return config
 
     cli = "python -m nemo_tl.data.validate MANIFEST --labels MODEL.nemo"
@@ -764,11 +1039,55 @@ def check_dataset_config(
             f"{skip}: dropped {bad} of {result.lines} lines of {path} ({counts}); using the filtered copy {target}"
         )
         mapping[path] = target
+    _check_duration_filters(groups, config, section)
 
     new = copy.deepcopy(config)  # keeps the parent, so interpolations such as ${model.sample_rate} resolve
     with open_dict(new):
         new.manifest_filepath = _map_paths(value, mapping)
     return new
+
+
+def _requires_mono(channel_selector: Any) -> bool:
+    """Whether NeMo's dataset passes multi-channel audio on as it is (no selector, or several channels)."""
+    if isinstance(channel_selector, ListConfig):
+        channel_selector = list(channel_selector)
+    return channel_selector is None or (isinstance(channel_selector, list) and len(channel_selector) != 1)
+
+
+def _check_duration_filters(groups: Mapping[str, list[_Result]], config: DictConfig, section: str | None) -> None:
+    """InputError when ``min_duration`` / ``max_duration`` remove every utterance of a manifest.
+
+    Counts as NeMo's ``ASRAudioText`` filters: by the manifest's ``duration`` (the offset plays no
+    part), dropping ``duration < min_duration`` and ``duration > max_duration``. Above
+    ``FILTERED_SHARE_WARNING`` of a manifest removed, a warning naming it.
+    """
+    lo, hi = _select(config, "min_duration"), _select(config, "max_duration")
+    if (lo is None and hi is None) or config.get("use_lhotse"):
+        return
+    prefix, name = (f"{section}.", section) if section else ("", "the dataset")
+    for path, results in groups.items():
+        durations = [d for r in results for e in r.kept if (d := _number(e.get("duration"))) is not None]
+        short = sum(lo is not None and d < lo for d in durations)
+        long = sum(hi is not None and d > hi for d in durations)
+        if not durations or not short + long:
+            continue
+        parts = [f"{long} longer than {prefix}max_duration: {hi}" if long else "",
+                 f"{short} shorter than {prefix}min_duration: {lo}" if short else ""]
+        what = " and ".join(p for p in parts if p)
+        if short + long == len(durations):
+            fixes = [f"raise {prefix}max_duration to at least {max(durations):g} (or set it to null)" if long else "",
+                     f"lower {prefix}min_duration to {min(durations):g} or less (or set it to null)" if short else ""]
+            raise input_error(
+                f"the duration filters remove all {len(durations)} utterances of {path} ({what}); "
+                f"nothing is left for {name}",
+                where=f"{prefix}max_duration" if long >= short else f"{prefix}min_duration",
+                fix=" and ".join(f for f in fixes if f) + ", or remove the manifest",
+            )
+        if short + long > FILTERED_SHARE_WARNING * len(durations):
+            _log_once(
+                f"{name}: the duration filters remove {short + long} of the {len(durations)} utterances of {path} "
+                f"({(short + long) / len(durations):.0%}: {what}); they are not used"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -779,15 +1098,29 @@ def _model_section(cfg: DictConfig) -> DictConfig:
     return cfg.model if "model" in cfg and isinstance(cfg.model, DictConfig) else cfg
 
 
+def _config_frames(model: DictConfig, spec: str) -> EncoderFrames | None:
+    """The encoder frames of the model that config ``model`` describes (None: transcript lengths go unchecked)."""
+    from nemo_tl.data.frames import config_encoder_frames
+
+    try:
+        return config_encoder_frames(model)
+    except Exception as e:  # building a config's NeMo modules can fail in many ways; the other checks still run
+        print(f"warning: {spec}: cannot build its encoder, so transcript lengths are not checked: {e}", file=sys.stderr)
+        return None
+
+
 def load_labels(spec: str) -> tuple[Labels | None, dict[str, Any]]:
-    """Labels from ``--labels``: a string of characters, a ``.nemo`` file or a YAML config.
+    """Labels from ``--labels``: a language code (``de``), a string of characters, a ``.nemo`` file or a YAML config.
 
     Returns ``(labels, settings)``; ``settings`` holds the model's ``sample_rate``,
-    ``normalize`` and ``parser`` where a model or config gives them. Labels come from the
+    ``normalize`` and ``parser`` where a model or config gives them, and ``frames``, its
+    :class:`~nemo_tl.data.frames.EncoderFrames` built from its preprocessor and encoder. Labels come from the
     config's ``labels`` (``model.labels`` in a training config), else ``decoder.vocabulary``;
     ``None`` for tokenizer (BPE) models, whose text is not checked.
     """
     lower = spec.lower()
+    if lower.split("-")[0] in LANGUAGES:
+        return expand_labels(spec, where="--labels"), {}
     if not (lower.endswith(".nemo") or lower.endswith(".yaml") or lower.endswith(".yml")):
         return list(dict.fromkeys(spec)), {}
     if not os.path.isfile(spec):
@@ -823,9 +1156,10 @@ def load_labels(spec: str) -> tuple[Labels | None, dict[str, Any]]:
     settings = {
         "sample_rate": pick("sample_rate", "preprocessor.sample_rate", "train_ds.sample_rate"),
         "normalize": bool(pick("train_ds.normalize_transcripts") or False),
-        "parser": pick("train_ds.parser") or "en",
+        "parser": pick("train_ds.parser"),
+        "frames": _config_frames(model, spec),
     }
-    labels = pick("labels", "decoder.vocabulary", "train_ds.labels")
+    labels = expand_labels(pick("labels", "decoder.vocabulary", "train_ds.labels"), where=f"{spec}: labels")
     if labels is None and pick("tokenizer") is None:
         raise input_error(
             f"{spec} names no labels (no labels, decoder.vocabulary or train_ds.labels)",
@@ -839,14 +1173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: print every problem of the given manifests; exit 1 on errors, else 0."""
     ap = argparse.ArgumentParser(
         prog="python -m nemo_tl.data.validate",
-        description="Check NeMo manifests before training: JSON, keys, audio files and lengths, text, "
-        "vocabulary, languages and sample rates. Prints one line per problem (file:line: [key] message).",
+        description="Check NeMo manifests before training: JSON, keys, audio files (mono, finite samples) and "
+        "lengths, text, vocabulary, languages and sample rates; with a model (--labels M.nemo), whether every "
+        "transcript fits the encoder frames of its audio. Prints one line per problem (file:line: [key] message).",
         epilog="Exit status: 0 when no line has an error (warnings allowed), 1 on errors, 2 on bad arguments.",
     )
     ap.add_argument("manifests", nargs="+", metavar="MANIFEST", help="JSON-lines manifest(s)")
     ap.add_argument(
         "--labels",
-        help='the vocabulary: a string of characters (e.g. " abcdefghijklmnopqrstuvwxyz\'"), or a .nemo model '
+        help='the vocabulary: a language code (en, de, es, ru, hi, ta, gu: its alphabet), a string of characters '
+        '(e.g. " abcdefghijklmnopqrstuvwxyz\'"), or a .nemo model '
         "or YAML config, whose labels (model.labels / labels, else decoder.vocabulary; a {lang: labels} mapping "
         "checks each line against its language) are used, together "
         "with its sample_rate and train_ds.normalize_transcripts/parser unless given here. Without it the "
@@ -861,7 +1197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="apply NeMo's text normalization (lowercasing, punctuation) before the vocabulary check, "
         "as the dataset option normalize_transcripts: true does",
     )
-    ap.add_argument("--parser", help="NeMo char parser used with --normalize-transcripts: en (default), base, ru")
+    ap.add_argument(
+        "--parser",
+        help="NeMo char parser used with --normalize-transcripts: en, base or ru (default: the model's "
+        "train_ds.parser, else en for labels within a-z, space and apostrophe and base for any other)",
+    )
     ap.add_argument("--no-audio", action="store_true", help="do not open the audio files (e.g. tarred datasets)")
     args = ap.parse_args(argv)
 
@@ -872,9 +1212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         normalize = (
             args.normalize_transcripts if args.normalize_transcripts is not None else settings.get("normalize", False)
         )
-        parser = args.parser or settings.get("parser", "en")
+        parser = args.parser or settings.get("parser")
         checker = _ManifestChecker(
-            labels, languages, sample_rate, normalize=normalize, parser=parser, check_audio=not args.no_audio
+            labels, languages, sample_rate, normalize=normalize, parser=parser, check_audio=not args.no_audio,
+            frames=settings.get("frames"),
         )
         errors = warnings = lines = 0
         for path in args.manifests:

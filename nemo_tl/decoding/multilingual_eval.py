@@ -11,7 +11,6 @@ decodes manifests with a :class:`~nemo_tl.models.MultiSoftmaxRNNTModel` in one o
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from nemo.collections.asr.metrics.wer import word_error_rate_detail
 
 from nemo_tl.data.manifest import read_manifest
 from nemo_tl.errors import input_error
+from nemo_tl.evaluation import fmt, to_strict_json
 
 __all__ = [
     "MODES",
@@ -144,18 +144,19 @@ def format_table(rows: Mapping[str, EvalResult], languages: Sequence[str], basel
     head = ["model"] + list(languages) + ["Avg.", "WERR", "LID acc", "T_avg"]
     lines = ["\t".join(head)]
     for name, r in rows.items():
-        cells = [name] + [f"{r.wers[lang][0]:.2f}" if lang in r.wers else "-" for lang in languages]
+        cells = [name] + [fmt(r.wers[lang][0]) if lang in r.wers else "-" for lang in languages]
         avg = r.wers["avg"][0]
-        cells.append(f"{avg:.2f}")
-        cells.append(f"{werr(avg, baseline.wers['avg'][0]):.2f}" if baseline is not None else "-")
-        cells.append(f"{r.lid_accuracy:.1f}" if r.lid_accuracy is not None else "-")
-        cells.append(f"{r.t_avg:.2f}")
+        cells.append(fmt(avg))
+        cells.append(fmt(werr(avg, baseline.wers["avg"][0])) if baseline is not None else "-")
+        cells.append(fmt(r.lid_accuracy, ".1f") if r.lid_accuracy is not None else "-")
+        cells.append(fmt(r.t_avg))
         lines.append("\t".join(cells))
     return "\n".join(lines)
 
 
 def to_json(rows: Mapping[str, EvalResult]) -> str:
-    return json.dumps(
+    """The rows as strict JSON (a WER or WERR that does not exist, such as NaN, is ``null``)."""
+    return to_strict_json(
         {
             k: {"mode": r.mode, "wers": r.wers, "lid_accuracy": r.lid_accuracy, "t_avg": r.t_avg}
             for k, r in rows.items()

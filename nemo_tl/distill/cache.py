@@ -10,10 +10,18 @@ each teacher k the first time (the command above builds one such directory).
 
 A cache directory holds one ``.pt`` file per utterance (teacher log-probabilities (T, V+1),
 log σ² (T, V+1) if the teacher has an uncertainty head, and the (D, T) outputs of the
-requested encoder blocks), keyed by the manifest entry (audio file, offset, duration), and a
-``fingerprint.json`` written last: the hash of the teacher's weights and vocabulary, its
-preprocessor settings, the hash of every manifest's content, the audio loading settings and
-the cached blocks. Training refuses a cache whose fingerprint does not match (InputError).
+requested encoder blocks), keyed by the manifest entry (audio file, offset, duration),
+``entries.json`` (the size of every ``.pt`` file) and a ``fingerprint.json`` written last: the
+hash of the teacher's weights and vocabulary, its preprocessor settings, the hash of every
+manifest's content, the size and modification time (ns) of every audio file the manifests list
+(read with ``stat`` only, not the audio), the audio loading settings and the cached blocks.
+
+Opening a cache (when the model is built, before training) checks it: a fingerprint that does
+not match (the teacher, a manifest, the settings, or an audio file rewritten, touched or
+copied without its modification time: rebuild then), a ``.pt`` file missing or of another size
+than written (an interrupted copy) for an utterance of the training data, or an unreadable
+``fingerprint.json`` / ``entries.json`` is an InputError naming the file (the audio file for a
+missing entry) and the fix.
 
 Augmentation and dither: the cache holds the teacher's outputs on clean audio, as an online
 teacher sees it (teachers run in eval mode: no dither, no SpecAugment). The student is still
@@ -42,6 +50,7 @@ from nemo.collections.asr.models import ASRModel
 from nemo.collections.asr.parts.preprocessing.perturb import AudioAugmentor
 from omegaconf import DictConfig, OmegaConf
 
+from nemo_tl.data.manifest import AUDIO_KEYS, iter_manifest_lines, resolve_audio_path
 from nemo_tl.distill.teachers import TeacherOutputs, freeze_teacher, has_uncertainty_head, teacher_outputs
 from nemo_tl.errors import input_error
 
@@ -55,8 +64,10 @@ __all__ = [
     "utterance_key",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: audio file sizes and modification times in the fingerprint, entries.json
 FINGERPRINT = "fingerprint.json"
+ENTRIES = "entries.json"
+REPORT_LIMIT = 10  # missing or truncated entries listed in an error message
 
 
 def utterance_key(sample: Any) -> str:
@@ -84,6 +95,30 @@ def _file_hash(path: str) -> str:
     return h.hexdigest()
 
 
+def _audio_stats_hash(manifest: str) -> str:
+    """sha256 of (audio path as written, size, modification time in ns) of every audio file ``manifest`` lists.
+
+    ``stat`` only: cheap next to reading the audio. Lines that are not JSON objects and missing
+    files count as such (the manifest checks report them; ``skip_invalid`` may drop them).
+    """
+    h = hashlib.sha256()
+    for _, line in iter_manifest_lines(manifest):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        value = next((entry[k] for k in AUDIO_KEYS if k in entry), None) if isinstance(entry, dict) else None
+        for audio in value if isinstance(value, list) else [value]:
+            if not isinstance(audio, str) or not audio:
+                continue
+            try:
+                st = os.stat(resolve_audio_path(audio, manifest))
+                h.update(f"{audio}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{audio}\tmissing\n".encode())
+    return h.hexdigest()
+
+
 def manifest_list(value: Any) -> list[str]:
     """Manifest paths from a ``manifest_filepath`` value (a path, a comma-separated string or a list)."""
     if value is None:
@@ -107,7 +142,8 @@ def cache_fingerprint(
     trim_silence: bool = False,
     hidden_blocks: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """What a cache depends on: teacher weights + vocabulary, preprocessor, manifests' content, audio loading."""
+    """What a cache depends on: teacher weights + vocabulary, preprocessor, manifests' content, the audio
+    files' sizes and modification times, audio loading."""
     for path in manifests:
         if not os.path.isfile(path):
             raise input_error(
@@ -119,7 +155,9 @@ def cache_fingerprint(
         "version": FORMAT_VERSION,
         "teacher": model_hash(teacher),
         "preprocessor": _plain(teacher.cfg.get("preprocessor")),
-        "manifests": [{"path": os.path.abspath(p), "sha256": _file_hash(p)} for p in manifests],
+        "manifests": [
+            {"path": os.path.abspath(p), "sha256": _file_hash(p), "audio": _audio_stats_hash(p)} for p in manifests
+        ],
         "audio": {"sample_rate": int(sample_rate), "trim_silence": bool(trim_silence)},
         "hidden_blocks": sorted(int(b) for b in hidden_blocks),
         "uncertainty": has_uncertainty_head(teacher),
@@ -138,10 +176,31 @@ def _differences(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[
     found_m = [m["sha256"] for m in found.get("manifests", [])]
     if found_m != [m["sha256"] for m in expected["manifests"]]:
         diffs.append("the manifest content")
+    elif [m.get("audio") for m in found.get("manifests", [])] != [m["audio"] for m in expected["manifests"]]:
+        diffs.append("the audio files (size or modification time; rewritten or touched since the cache was built)")
     missing = set(expected["hidden_blocks"]) - set(found.get("hidden_blocks", []))
     if missing:
         diffs.append(f"the cached encoder blocks (missing {sorted(missing)})")
     return diffs
+
+
+def _read_json(path: str, where: str) -> dict:
+    """The JSON object in ``path``; InputError naming the file when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        value, problem = None, f"{type(e).__name__}: {e}"
+    else:
+        problem = None if isinstance(value, dict) else f"it holds a JSON {type(value).__name__}, not an object"
+    if problem is not None:
+        directory = os.path.dirname(path)
+        raise input_error(
+            f"the teacher cache file {path} is damaged ({problem})",
+            where=where,
+            fix=f"delete the cache directory {directory} to rebuild it (`rm -r {directory}`)",
+        )
+    return value
 
 
 class TeacherCache:
@@ -150,6 +209,7 @@ class TeacherCache:
     def __init__(self, directory: str, fingerprint: Mapping[str, Any]):
         self.directory = directory
         self.fingerprint = dict(fingerprint)
+        self._sizes: dict[str, int] = {}  # key -> bytes of its .pt file, as written
 
     @classmethod
     def open(
@@ -163,8 +223,7 @@ class TeacherCache:
                 where=where,
                 fix="build it with `python -m nemo_tl.distill.cache TEACHER.nemo MANIFEST.json --out DIR`",
             )
-        with open(path, encoding="utf-8") as f:
-            found = json.load(f)
+        found = _read_json(path, where)
         diffs = _differences(found, expected)
         if diffs:
             raise input_error(
@@ -174,6 +233,45 @@ class TeacherCache:
                 "teacher and manifests it was made from",
             )
         return cls(directory, found)
+
+    def verify(self, datasets: Sequence[Any], *, where: str = "model.distillation.cache") -> None:
+        """Raise InputError unless every utterance of ``datasets`` has its entry, of the size written.
+
+        ``stat`` only, one per utterance. The message names the audio files whose entries are
+        missing or truncated (an interrupted copy, a cache built with other duration filters).
+        """
+        sizes = {
+            key: int(size) for key, size in _read_json(os.path.join(self.directory, ENTRIES), where).items()
+        }
+        bad, total = [], 0
+        for dataset in datasets:
+            for i in range(len(dataset)):
+                sample = dataset.get_manifest_sample(i)
+                key = utterance_key(sample)
+                total += 1
+                try:
+                    size = os.stat(self._file(key)).st_size
+                except FileNotFoundError:
+                    size = None
+                if key not in sizes or size is None:
+                    bad.append((sample, "no entry"))
+                elif size != sizes[key]:
+                    bad.append((sample, f"entry truncated ({size} of {sizes[key]} bytes)"))
+        if bad:
+            def name(sample: Any) -> str:
+                offset = float(sample.offset or 0.0)
+                part = f" (offset {offset:g} s, duration {sample.duration} s)" if offset else ""
+                return f"{sample.audio_file}{part}"
+
+            listed = "\n".join(f"  {name(sample)}: {why}" for sample, why in bad[:REPORT_LIMIT])
+            more = f"\n  ... and {len(bad) - REPORT_LIMIT} more" if len(bad) > REPORT_LIMIT else ""
+            raise input_error(
+                f"the teacher cache in {self.directory!r} lacks the outputs of {len(bad)} of the {total} training "
+                f"utterances:\n{listed}{more}",
+                where=where,
+                fix=f"delete {self.directory} to rebuild the cache from the training data "
+                "(it may be incomplete, or built with other duration filters)",
+            )
 
     @staticmethod
     def is_complete(directory: str) -> bool:
@@ -227,14 +325,19 @@ class TeacherCache:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
         torch.save(item, tmp)
+        self._sizes[key] = os.path.getsize(tmp)
         os.replace(tmp, path)
 
-    def finish(self) -> None:
-        """Write the fingerprint, which marks the cache complete."""
-        tmp = os.path.join(self.directory, f"{FINGERPRINT}.tmp{os.getpid()}")
+    def _write_json(self, name: str, value: Any) -> None:
+        tmp = os.path.join(self.directory, f"{name}.tmp{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.fingerprint, f, indent=1)
-        os.replace(tmp, os.path.join(self.directory, FINGERPRINT))
+            json.dump(value, f, indent=1)
+        os.replace(tmp, os.path.join(self.directory, name))
+
+    def finish(self) -> None:
+        """Write the entry sizes, then the fingerprint, which marks the cache complete."""
+        self._write_json(ENTRIES, self._sizes)
+        self._write_json(FINGERPRINT, self.fingerprint)
 
 
 @contextlib.contextmanager
@@ -264,22 +367,26 @@ def build_cache(
 ) -> TeacherCache:
     """Run ``teacher`` over every utterance of ``manifests`` and store its outputs in ``directory``.
 
-    An existing complete cache is reused if its fingerprint matches and refused (InputError)
-    if not; an incomplete one (an interrupted build) is completed over.
+    An existing complete cache is reused if its fingerprint matches and it holds an intact entry
+    for every utterance of ``datasets`` (:meth:`TeacherCache.verify`), and refused (InputError)
+    if not; an incomplete one (an interrupted build) is completed over. ``directory`` being an
+    existing file is an InputError.
 
     Args:
         datasets: the NeMo audio-text datasets (e.g. the training set's, after its manifest
             checks and duration filters) whose utterances to cache; by default one
             AudioToCharDataset of ``manifests``. Audio perturbations are off while caching.
     """
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise input_error(
+            f"{directory!r} is an existing file, not a cache directory",
+            where=where,
+            fix="give the path of a new (or cache) directory",
+        )
     sample_rate = int(sample_rate or teacher.cfg.get("sample_rate", 16000))
     expected = cache_fingerprint(
         teacher, manifests, sample_rate=sample_rate, trim_silence=trim_silence, hidden_blocks=hidden_blocks
     )
-    if TeacherCache.is_complete(directory):
-        return TeacherCache.open(directory, expected, where=where)
-    os.makedirs(directory, exist_ok=True)
-    cache = TeacherCache(directory, expected)
     if datasets is None:
         datasets = [
             AudioToCharDataset(
@@ -289,6 +396,12 @@ def build_cache(
                 trim=trim_silence,
             )
         ]
+    if TeacherCache.is_complete(directory):
+        cache = TeacherCache.open(directory, expected, where=where)
+        cache.verify(datasets, where=where)
+        return cache
+    os.makedirs(directory, exist_ok=True)
+    cache = TeacherCache(directory, expected)
     freeze_teacher(teacher)
     if device is not None:
         teacher.to(device)
@@ -324,11 +437,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import nemo_tl  # noqa: F401  (registers the nemo_tl target prefix for teachers written by nemo_tl)
+    from nemo_tl.data.validate import check_manifests
     from nemo_tl.transfer.base import load_base_model
+    from nemo_tl.utils.training import quiet_restore_logs
+
+    quiet_restore_logs()
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         teacher = load_base_model(args.teacher, what="teacher", where="TEACHER")
+        # Every line first: a bad one would otherwise stop the build partway, in NeMo's loader.
+        check_manifests(
+            args.manifests,
+            labels=list(teacher.decoder.vocabulary),
+            sample_rate=args.sample_rate or teacher.cfg.get("sample_rate"),
+            where="MANIFEST",
+        )
         cache = build_cache(
             teacher,
             args.manifests,

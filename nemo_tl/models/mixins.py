@@ -6,8 +6,9 @@ hand over to them with ``super()``:
 
 - ``_setup_dataloader_from_config`` (used by NeMo's ``setup_training_data`` /
   ``setup_validation_data`` / ``setup_test_data``): checks the manifests with
-  :func:`nemo_tl.data.validate.check_dataset_config` (when that module exists), then builds the
-  mixed loader of :mod:`nemo_tl.data.mixing` when the config has ``mixing``, else NeMo's own loader.
+  :func:`nemo_tl.data.validate.check_dataset_config` (when that module exists; with the model's
+  encoder frames, so transcripts its audio cannot align are found), then builds the mixed loader
+  of :mod:`nemo_tl.data.mixing` when the config has ``mixing``, else NeMo's own loader.
 - ``setup_multiple_validation_data`` / ``setup_multiple_test_data``: NeMo gives one loader per
   manifest of a ``manifest_filepath`` list and logs each under a name (``validation_ds.name`` when
   given, else the manifest stem, via ``model_utils.parse_dataset_as_name``: ``src_dev.json`` →
@@ -26,11 +27,15 @@ hand over to them with ``super()``:
   that reaches no parameter, so no gradient exists and the optimizer leaves every weight as it
   was (Lightning refuses a None from ``training_step`` under DDP). The decision is summed over
   DDP ranks so every rank skips together (no rank waits for another's gradients). Warned about
-  and counted in ``skipped_nonfinite_steps`` (logged).
-- ``restore_from``: InputError naming the file when it holds a model of another class.
+  and counted in ``skipped_nonfinite_steps`` (logged); the warning names the batch's utterances
+  whose audio holds NaN/Inf (their files when the batch carries sample ids).
+- ``restore_from``: InputError naming the file when it is not a complete .nemo archive or holds
+  a model of another class.
 - ``save_to``: atomic (temporary file beside the target, then rename), so a run killed while
-  saving keeps the previous ``.nemo``. ``setup`` gives the trainer an
-  :class:`~nemo_tl.utils.checkpoint_io.AtomicCheckpointIO` when it uses Lightning's default one.
+  saving keeps the previous ``.nemo``; a read-only target is refused (InputError), as NeMo's own
+  ``save_to`` refuses it, and stale temporary files of killed saves are removed. ``setup`` gives
+  the trainer an :class:`~nemo_tl.utils.checkpoint_io.AtomicCheckpointIO` when it uses
+  Lightning's default one.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import functools
 import importlib
 import inspect
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -48,10 +53,12 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from nemo_tl.data.mixing import MixedBatchSampler, build_mixed_dataloader
+from nemo_tl.data.frames import model_encoder_frames
+from nemo_tl.data.mixing import MixedBatchSampler, MixedDataset, build_mixed_dataloader
 from nemo_tl.errors import input_error
 from nemo_tl.utils.atomic import atomic_path
 from nemo_tl.utils.checkpoint_io import use_atomic_checkpoint_io
+from nemo_tl.utils.nemo_file import check_nemo_file
 
 CHECKPOINT_KEY = "nemo_tl_mixing"
 RNG_CHECKPOINT_KEY = "nemo_tl_rng"
@@ -141,7 +148,7 @@ def skip_nonfinite_loss(training_step: Callable) -> Callable:
             output = training_step(self, *args, **kwargs)
         finally:
             self.__dict__["_nemo_tl_in_step"] = False
-        return self._nonfinite_guard(output, statistics)
+        return self._nonfinite_guard(output, statistics, batch=args[0] if args else kwargs.get("batch"))
 
     guarded._nemo_tl_guarded = True
     return guarded
@@ -205,13 +212,16 @@ class ManifestDataMixin:
             torch._foreach_copy_(copies, buffers)
         return list(zip(buffers, copies))
 
-    def _nonfinite_guard(self, output: Any, statistics: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> Any:
+    def _nonfinite_guard(
+        self, output: Any, statistics: list[tuple[torch.Tensor, torch.Tensor]] = (), batch: Any = None
+    ) -> Any:
         """``output`` of a training step, or a gradient-free stand-in when a loss is not finite on any rank.
 
         The stand-in ``{"loss": 0}`` is a fresh leaf: its backward touches no parameter, so every
         ``.grad`` stays None and the optimizer skips every parameter, and under DDP no rank
         launches a gradient all-reduce. A skipped step also puts back the BatchNorm statistics its
-        forward moved (``statistics``).
+        forward moved (``statistics``), and its warning names the utterances of ``batch`` whose
+        audio holds NaN/Inf (:meth:`_describe_skipped_batch`); a finite step does no extra work.
         """
         loss = output.get("loss") if isinstance(output, Mapping) else output
         if not isinstance(loss, torch.Tensor):
@@ -228,7 +238,9 @@ class ManifestDataMixin:
             with torch.no_grad():
                 for buf, saved in statistics:
                     buf.copy_(saved)
-            mine = "" if torch.isfinite(loss.detach()).all() else f" (here: {loss.detach().flatten()[:1].item()})"
+            mine = ""
+            if not torch.isfinite(loss.detach()).all():
+                mine = f" (here: {loss.detach().flatten()[:1].item()}{self._describe_skipped_batch(batch)})"
             logging.warning(
                 f"non-finite training loss at global step {getattr(trainer, 'global_step', '?')}{mine}: "
                 f"step skipped on every rank, weights unchanged ({self._skipped_nonfinite_steps} skipped so far)"
@@ -240,14 +252,57 @@ class ManifestDataMixin:
             return {"loss": torch.zeros((), dtype=loss.dtype, device=loss.device, requires_grad=True)}
         return output
 
+    def _describe_skipped_batch(self, batch: Any, limit: int = 8) -> str:
+        """``"; NaN/Inf audio in row 2 (/data/x.wav)"``: the rows of ``batch`` (audio (B, T) first,
+        lengths (B,) second) whose audio is not finite, by audio file where the batch carries NeMo
+        sample ids, else by row and length."""
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            return ""
+        signal, lengths = batch[0], batch[1]
+        if not isinstance(signal, torch.Tensor) or not signal.is_floating_point() or signal.dim() < 2:
+            return ""
+        rows = (~torch.isfinite(signal.detach())).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        files = self._batch_audio_files(batch)
+        if not rows:
+            named = f": {', '.join(files[:limit])}{' ...' if len(files) > limit else ''}" if files else ""
+            return f"; the batch's audio is finite{named}"
+        if files:
+            return f"; NaN/Inf audio in {', '.join(f'row {r} ({files[r]})' for r in rows[:limit])}"
+        where = ", ".join(f"row {r} ({int(lengths[r])} samples)" for r in rows[:limit])
+        return (
+            f"; NaN/Inf audio in {where} of {signal.shape[0]}: `python -m nemo_tl.data.validate` on the training "
+            "manifests names the files"
+        )
+
+    def _batch_audio_files(self, batch: Sequence[Any]) -> list[str] | None:
+        """The audio file of each row of a training ``batch`` that carries NeMo sample ids, else None.
+
+        Sample ids (``return_sample_id``) come fifth; a mixed batch ends with its manifest index.
+        """
+        dataset = getattr(getattr(self, "_train_dl", None), "dataset", None)
+        mixed = isinstance(dataset, MixedDataset)
+        datasets = list(dataset.datasets) if mixed else [dataset]
+        if len(batch) < 5 or (mixed and not self.mixing_returns_manifest_index):
+            return None
+        if not all(getattr(d, "return_sample_id", False) and hasattr(d, "get_manifest_sample") for d in datasets):
+            return None
+        ids = batch[4].tolist()
+        manifests = batch[-1].tolist() if mixed else [0] * len(ids)
+        return [datasets[m].get_manifest_sample(i).audio_file for m, i in zip(manifests, ids)]
+
     # -- .nemo files
     @classmethod
     def restore_from(cls, restore_path: str, *args: Any, **kwargs: Any):
-        """NeMo's ``restore_from``; InputError when the file holds a model of another class.
+        """NeMo's ``restore_from``; InputError naming the file when it is not a complete .nemo archive
+        (:func:`~nemo_tl.utils.nemo_file.check_nemo_file`) or holds a model of another class.
 
-        NeMo itself returns whatever class the archive names (a CTC model from
-        ``MultiSoftmaxRNNTModel.restore_from``), which then fails far from the cause.
+        NeMo itself raises ``tarfile.ReadError`` for a truncated file, and returns whatever class the
+        archive names (a CTC model from ``MultiSoftmaxRNNTModel.restore_from``), which then fails far
+        from the cause.
         """
+        connector = kwargs.get("save_restore_connector", args[4] if len(args) > 4 else None)
+        if "://" not in str(restore_path) and getattr(connector, "model_extracted_dir", None) is None:
+            check_nemo_file(restore_path, what=f"{cls.__name__} file")
         instance = super().restore_from(restore_path, *args, **kwargs)
         if kwargs.get("return_config") or (len(args) >= 4 and args[3]) or isinstance(instance, cls):
             return instance
@@ -260,7 +315,11 @@ class ManifestDataMixin:
 
     # -- atomic saves
     def save_to(self, save_path: str) -> None:
-        """NeMo's ``save_to`` into a temporary file beside ``save_path``, renamed onto it when complete."""
+        """NeMo's ``save_to`` into a temporary file beside ``save_path``, renamed onto it when complete.
+
+        A read-only ``save_path`` or an unwritable directory is an InputError before anything is
+        written (:func:`~nemo_tl.utils.atomic.check_writable`).
+        """
         from nemo.utils.get_rank import is_global_rank_zero
 
         if not is_global_rank_zero():
@@ -317,6 +376,8 @@ class ManifestDataMixin:
         extra = {}
         if self._dataset_section and "section" in inspect.signature(check).parameters:
             extra["section"] = self._dataset_section
+        if "frames" in inspect.signature(check).parameters:
+            extra["frames"] = model_encoder_frames(self)  # transcripts the encoder's frames cannot align
         checked = check(
             config,
             labels=list(labels) if labels is not None else None,

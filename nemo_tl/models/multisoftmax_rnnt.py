@@ -39,7 +39,9 @@ from nemo.collections.common.parts.preprocessing.parsers import make_parser
 from nemo.utils import logging, model_utils
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from nemo_tl.data.frames import model_encoder_frames
 from nemo_tl.data.manifest import flatten_manifest_filepath, read_manifest
+from nemo_tl.data.texts import expand_labels
 from nemo_tl.data.validate import check_dataset_config
 from nemo_tl.decoding.lid_free import average_posteriors, choose_language, early_stopping
 from nemo_tl.decoding.stacked import StackedLanguageDecoding
@@ -117,8 +119,7 @@ def _languages_from_config(value: Any) -> dict[str, list[str]]:
                 fix="give every language once (the order is the LID class index)",
             )
         labels = spec.get("labels") if isinstance(spec, Mapping) else spec
-        if isinstance(labels, str):
-            labels = list(labels)
+        labels = expand_labels(labels, where=f"{where}.labels")  # a language code: its alphabet
         if labels is not None and not isinstance(labels, (list, tuple)):
             raise input_error(
                 f"labels of {key!r} must be a list of characters, got {labels!r}",
@@ -640,6 +641,8 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             languages=self.languages,
             sample_rate=config.get("sample_rate") or self.cfg.sample_rate,
             section=self._dataset_section,
+            parser="base",  # the per-language parsers of MultilingualCharDataset
+            frames=model_encoder_frames(self),  # RNN-T: every utterance must give one encoder frame
         )
         if config.get("mixing") is not None:
             return self._setup_mixed_dataloader(config)

@@ -17,6 +17,7 @@ from lightning.pytorch import Trainer
 from nemo.collections.asr.models import ASRModel, EncDecCTCModel
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nemo_tl.data.texts import expand_labels
 from nemo_tl.errors import input_error
 from nemo_tl.models.mixins import ManifestDataMixin
 from nemo_tl.transfer.base import load_base_model
@@ -43,6 +44,56 @@ def _resolved(cfg: DictConfig | dict) -> DictConfig:
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     return OmegaConf.create(cfg)
+
+
+_DATASET_SECTIONS = ("train_ds", "validation_ds", "test_ds")
+
+
+def _expand_label_codes(cfg: DictConfig | dict) -> DictConfig:
+    """``cfg`` with a language code in ``labels`` (and a data section's ``labels``) expanded to its alphabet.
+
+    Done before interpolations are resolved, so that ``train_ds.labels: ${model.labels}`` gets the list.
+    A DictConfig is changed in place (its parent, e.g. Hydra's root config, keeps resolving).
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    places = [(cfg, "labels", "model.labels")]
+    places += [(cfg[s], "labels", f"model.{s}.labels") for s in _DATASET_SECTIONS
+               if isinstance(cfg.get(s), DictConfig)]
+    for node, key, where in places:
+        if key in node and not OmegaConf.is_missing(node, key) and isinstance(node[key], str):
+            with open_dict(node):
+                node[key] = expand_labels(node[key], where=where)
+    return cfg
+
+
+def _decoder_from_labels(cfg: DictConfig) -> DictConfig:
+    """Set ``decoder.num_classes`` and ``decoder.vocabulary`` from ``model.labels`` (built without a base).
+
+    A value the config gives that disagrees with the labels is an InputError, not overwritten.
+    """
+    if cfg.get("labels") is None or not isinstance(cfg.get("decoder"), DictConfig):
+        return cfg
+    labels = _check_labels(cfg.labels)
+    decoder = cfg.decoder
+    vocabulary = decoder.get("vocabulary")
+    if vocabulary is not None and list(vocabulary) != labels:
+        raise input_error(
+            f"decoder.vocabulary ({len(vocabulary)} labels) differs from model.labels ({len(labels)} labels)",
+            where="model.decoder.vocabulary",
+            fix="remove model.decoder.vocabulary (nemo_tl sets it from model.labels), or write ${model.labels}",
+        )
+    classes = decoder.get("num_classes")
+    if classes is not None and classes != len(labels):
+        raise input_error(
+            f"num_classes={classes}, but model.labels has {len(labels)} labels",
+            where="model.decoder.num_classes",
+            fix="remove model.decoder.num_classes (nemo_tl sets it from model.labels)",
+        )
+    with open_dict(decoder):
+        decoder.vocabulary = labels
+        decoder.num_classes = len(labels)
+    return cfg
 
 
 def _check_labels(labels: Any, where: str = "model.labels") -> list[str]:
@@ -79,12 +130,15 @@ class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
     """
 
     def __init__(self, cfg: DictConfig, trainer: Trainer | None = None):
-        cfg = _resolved(cfg)
+        restoring = self._is_model_being_restored()
+        cfg = _resolved(cfg if restoring else _expand_label_codes(cfg))
         transfer = TransferConfig.from_section(cfg.get("transfer"))
         base = None
-        if not self._is_model_being_restored() and transfer.base_model is not None:
+        if not restoring and transfer.base_model is not None:
             base = _BASE_OBJECT.get() or load_base_model(transfer.base_model)
             cfg = self._config_from_base(cfg, base, transfer)
+        elif not restoring:
+            cfg = _decoder_from_labels(cfg)
         with open_dict(cfg):
             cfg.transfer = transfer.as_section()
             cfg.target = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -147,7 +201,8 @@ class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
         """Build a transfer model from ``base`` (a model object, a ``.nemo`` path or a pretrained name).
 
         Args:
-            labels: the target characters (for an accent or domain transfer, the base's labels).
+            labels: the target characters (for an accent or domain transfer, the base's labels), or a
+                language code known to :mod:`nemo_tl.data.texts` (``"de"``: its alphabet).
             vocabulary, new_label_init, freeze_encoder_blocks, reinitialize: the ``transfer`` keys.
             cfg: further ``model`` config keys (``train_ds``, ``validation_ds``, ``optim``,
                 ``spec_augment``...); the optimizer defaults to the fine-tuning recipe
@@ -168,7 +223,7 @@ class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
         full = OmegaConf.create(
             {
                 "sample_rate": base_cfg.get("sample_rate", 16000),
-                "labels": None if labels is None else list(labels),
+                "labels": None if labels is None else list(expand_labels(labels, where="labels")),
                 "optim": FINETUNE_OPTIM,
                 "decoding": base_cfg.get("decoding"),
                 "spec_augment": base_cfg.get("spec_augment"),

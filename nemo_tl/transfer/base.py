@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import tarfile
-import zipfile
 
 import torch
 from nemo.collections.asr.models import ASRModel, EncDecCTCModel
 
 from nemo_tl.errors import input_error
+from nemo_tl.utils.nemo_file import check_nemo_file
 
 _PATH_HINTS = (os.sep, ".nemo", ".ckpt")
 
@@ -55,18 +54,7 @@ def load_base_model(
 
 
 def _restore_local(path: str, *, what: str, where: str) -> ASRModel:
-    if not os.path.exists(path):
-        raise input_error(
-            f"{what} file {path!r} does not exist",
-            where=where,
-            fix="give the path of an existing .nemo file (relative paths start from the working directory)",
-        )
-    if os.path.isdir(path) or not (tarfile.is_tarfile(path) or zipfile.is_zipfile(path)):
-        raise input_error(
-            f"{what} {path!r} is not a .nemo archive (it may be truncated or of another format)",
-            where=where,
-            fix="point to a complete .nemo file written by NeMo's save_to()",
-        )
+    check_nemo_file(path, what=what, where=where)
     try:
         return ASRModel.restore_from(path, map_location=torch.device("cpu"))
     except Exception as e:  # NeMo raises many kinds; the user needs the file named

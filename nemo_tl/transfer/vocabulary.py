@@ -7,6 +7,19 @@ from collections.abc import Sequence
 import torch
 
 
+def shared_label_rows(base_labels: Sequence[str], new_labels: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Output rows that correspond across two vocabularies, as ``keep_shared`` maps them.
+
+    Returns:
+        ``(base_rows, new_rows)``: for every label of ``new_labels`` that ``base_labels`` holds, its
+        row in each decoder, then the blank (the last row of each: ``len(labels)``).
+    """
+    base_index = {label: i for i, label in enumerate(base_labels)}
+    pairs = [(base_index[label], i) for i, label in enumerate(new_labels) if label in base_index]
+    pairs.append((len(base_labels), len(new_labels)))  # blank stays blank
+    return [b for b, _ in pairs], [n for _, n in pairs]
+
+
 @torch.no_grad()
 def transfer_decoder_rows(
     base_decoder: torch.nn.Module,
@@ -28,17 +41,11 @@ def transfer_decoder_rows(
     Returns:
         ``{"shared": n, "new": m}``: how many labels were copied and how many are new.
     """
-    base_index = {label: i for i, label in enumerate(base_labels)}
     rows_new = len(new_labels) + 1
     rows_base = len(base_labels) + 1
-    src, dst = [], []
-    for i, label in enumerate(new_labels):
-        if label in base_index:
-            dst.append(i)
-            src.append(base_index[label])
-    src.append(rows_base - 1)  # blank stays blank
-    dst.append(rows_new - 1)
-    new_rows = [i for i, label in enumerate(new_labels) if label not in base_index]
+    src, dst = shared_label_rows(base_labels, new_labels)
+    base_set = set(base_labels)
+    new_rows = [i for i, label in enumerate(new_labels) if label not in base_set]
 
     base_params = dict(base_decoder.named_parameters())
     for name, param in new_decoder.named_parameters():
