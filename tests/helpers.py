@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import lightning.pytorch as pl
+import pytest
 import torch
+
+from nemo_tl.errors import InputError
 
 
 def cpu_trainer(max_steps: int, **kwargs) -> pl.Trainer:
@@ -33,3 +38,14 @@ def fit(model, manifest, steps: int = 3, ckpt_path: str | None = None, **trainer
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every parameter and buffer of ``module``."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def raises_input_error(make, *patterns: str) -> str:
+    """Call ``make``; assert an InputError that matches every pattern and says how to fix it; return its text."""
+    with pytest.raises(InputError) as info:
+        make()
+    message = str(info.value)
+    for pattern in patterns:
+        assert re.search(pattern, message, re.S), (pattern, message)
+    assert re.search(r"\bfix:", message, re.I), message
+    return message

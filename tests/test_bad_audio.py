@@ -19,10 +19,9 @@ from omegaconf import OmegaConf
 from nemo_tl.data.frames import config_encoder_frames, ctc_frames_needed, model_encoder_frames
 from nemo_tl.data.synthetic import make_tone_manifest, tone_audio, write_manifest
 from nemo_tl.data.validate import check_dataset_config, check_manifests, main, validate_manifest
-from nemo_tl.errors import InputError
 from nemo_tl.models import TransferCTCModel
 from tests.conftest import EN_LABELS, load_conf
-from tests.helpers import cpu_trainer, data_cfg
+from tests.helpers import cpu_trainer, data_cfg, raises_input_error
 
 SR = 16000
 
@@ -43,17 +42,6 @@ def _tone(path, text: str = "one", seconds: float | None = None, subtype: str = 
 
 def _errors(manifest: str, **kw) -> list:
     return [p for p in validate_manifest(manifest, **kw) if p.is_error]
-
-
-def _raises(make, *patterns: str) -> str:
-    """Call ``make``; assert an InputError matching every pattern, with a fix."""
-    with pytest.raises(InputError) as info:
-        make()
-    message = str(info.value)
-    for pattern in patterns:
-        assert re.search(pattern, message, re.S), (pattern, message)
-    assert re.search(r"\bfix:", message, re.I), message
-    return message
 
 
 def _from_base(base_nemo, train: str, train_ds: dict | None = None, **sections):
@@ -80,7 +68,7 @@ def test_multichannel_audio_is_an_error_of_its_line(tmp_path, channels):
     assert "sox in.wav -c 1 out.wav" in error.fix
 
     cfg = OmegaConf.create(data_cfg(m, EN_LABELS))
-    _raises(lambda: check_dataset_config(cfg, labels=EN_LABELS, section="train_ds"), rf"m\.json:2.*{channels} channels")
+    raises_input_error(lambda: check_dataset_config(cfg, labels=EN_LABELS, section="train_ds"), rf"m\.json:2.*{channels} channels")
     # NeMo downmixes when the dataset says how: then it is no error
     cfg.channel_selector = "average"
     check_dataset_config(cfg, labels=EN_LABELS, section="train_ds")
@@ -89,12 +77,12 @@ def test_multichannel_audio_is_an_error_of_its_line(tmp_path, channels):
 def test_multichannel_audio_stops_model_construction_and_the_cli(base_nemo, tmp_path, capsys):
     stereo = _wav(tmp_path / "stereo.wav", np.stack([tone_audio("one")] * 2, axis=1))
     m = write_manifest(str(tmp_path / "train.json"), [_line(_tone(tmp_path / "a.wav")), _line(stereo)])
-    _raises(_from_base(base_nemo, m), r"train\.json:2: \[audio_filepath\] 2 channels", r"sox in\.wav -c 1 out\.wav")
+    raises_input_error(_from_base(base_nemo, m), r"train\.json:2: \[audio_filepath\] 2 channels", r"sox in\.wav -c 1 out\.wav")
 
     assert main([m]) == 1
     assert "train.json:2: [audio_filepath] 2 channels" in capsys.readouterr().out
     # the check other entry points (transcribe, teacher caches) call: audio only, no text needed
-    _raises(lambda: check_manifests([m], audio_only=True, where="dataset_manifest"), r"dataset_manifest.*2 channels")
+    raises_input_error(lambda: check_manifests([m], audio_only=True, where="dataset_manifest"), r"dataset_manifest.*2 channels")
 
 
 # ---------------------------------------------------------------------------- 5. NaN / Inf samples
@@ -115,7 +103,7 @@ def test_nonfinite_audio_stops_model_construction(base_nemo, tmp_path):
     audio[-1] = math.nan
     m = write_manifest(str(tmp_path / "train.json"), [_line(_tone(tmp_path / "a.wav")),
                                                      _line(_wav(tmp_path / "nan.wav", audio, "FLOAT"), "two")])
-    _raises(_from_base(base_nemo, m), r"train\.json:2: \[audio_filepath\].*nan\.wav holds 1 NaN or Inf")
+    raises_input_error(_from_base(base_nemo, m), r"train\.json:2: \[audio_filepath\].*nan\.wav holds 1 NaN or Inf")
 
 
 class _WithSampleIds(TransferCTCModel):
@@ -180,24 +168,24 @@ def test_duration_filter_counts_match_nemos(durations_manifest, lo, hi, monkeypa
 
 
 def test_filters_that_leave_nothing_stop_the_model_naming_manifest_filter_and_count(base_nemo, en_manifest, tmp_path):
-    _raises(
+    raises_input_error(
         _from_base(base_nemo, en_manifest, {"max_duration": 0.2}),
         r"train_ds\.max_duration: the duration filters remove all 8 utterances of \S*en\.json "
         r"\(8 longer than train_ds\.max_duration: 0\.2\); nothing is left for train_ds",
         r"raise train_ds\.max_duration to at least 0\.36 ",
     )
-    _raises(
+    raises_input_error(
         _from_base(base_nemo, en_manifest, {"min_duration": 30.0, "max_duration": None}),
         r"train_ds\.min_duration: the duration filters remove all 8 utterances .*30\.0",
     )
     # an evaluation set left empty is as wrong, and mixed training data is checked the same way
-    _raises(
+    raises_input_error(
         _from_base(base_nemo, en_manifest, validation_ds={**data_cfg(en_manifest, EN_LABELS), "max_duration": 0.2}),
         r"validation_ds\.max_duration: the duration filters remove all 8 utterances",
     )
     other = make_tone_manifest(str(tmp_path), ["one", "two"], name="other")
     mixed = {"manifest_filepath": [other, en_manifest], "mixing": {"weights": [0.5, 0.5]}, "max_duration": 0.2}
-    _raises(_from_base(base_nemo, en_manifest, mixed), r"train_ds\.max_duration.*all 2 utterances of \S*other\.json")
+    raises_input_error(_from_base(base_nemo, en_manifest, mixed), r"train_ds\.max_duration.*all 2 utterances of \S*other\.json")
 
 
 # ---------------------------------------------------------------------------- 3. transcripts CTC cannot align
@@ -257,7 +245,7 @@ def test_unalignable_transcript_stops_the_model_or_is_dropped(base_nemo, tmp_pat
     wavs = [_tone(tmp_path / f"{i}.wav", t) for i, t in enumerate(["one", "two", "six"])]
     lines = [_line(wavs[0], "one"), _line(wavs[1], " ".join(["two"] * 20)), _line(wavs[2], "six")]
     m = write_manifest(str(tmp_path / "train.json"), lines)
-    _raises(_from_base(base_nemo, m), r"train\.json:2: \[text\] the transcript needs \d+ encoder frames",
+    raises_input_error(_from_base(base_nemo, m), r"train\.json:2: \[text\] the transcript needs \d+ encoder frames",
             r"audio give \d+: CTC cannot align it")
 
     logged = []
@@ -290,7 +278,7 @@ def test_rnnt_needs_only_one_encoder_frame(tmp_path):
     assert [(p.line, p.key) for p in errors] == [(2, "duration")] and "give no encoder frame" in errors[0].message
 
     cfg.train_ds.manifest_filepath = m
-    _raises(lambda: MultiSoftmaxRNNTModel(cfg), r"m\.json:2: \[duration\] 0\.006 s of audio give no encoder frame")
+    raises_input_error(lambda: MultiSoftmaxRNNTModel(cfg), r"m\.json:2: \[duration\] 0\.006 s of audio give no encoder frame")
 
 
 def test_skip_invalid_drops_exactly_the_unalignable_lines(tmp_path, tiny_frames):

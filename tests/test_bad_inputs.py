@@ -9,26 +9,14 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 
 import pytest
 from omegaconf import OmegaConf
 
-from nemo_tl.errors import InputError
 from nemo_tl.models import TransferCTCModel
 from tests.conftest import EN_LABELS, load_conf
-
-
-def _raises(make, *patterns: str) -> str:
-    """Call ``make``; assert an InputError that matches every pattern and says how to fix it."""
-    with pytest.raises(InputError) as info:
-        make()
-    message = str(info.value)
-    for pattern in patterns:
-        assert re.search(pattern, message, re.S), (pattern, message)
-    assert re.search(r"\bfix:", message, re.I), message
-    return message
+from tests.helpers import raises_input_error
 
 
 def _cfg(base_nemo, train=None, val=None, transfer=None, train_ds=None, validation_ds=None):
@@ -80,16 +68,16 @@ def test_bad_training_manifest_line_stops_model_construction(case, pattern, base
         "duration_off": _entry(en_manifest, duration=99.0),
     }[case]
     path = _with_bad_line(en_manifest, tmp_path, bad)
-    _raises(lambda: TransferCTCModel(_cfg(base_nemo, train=path)), pattern, r"train_ds")
+    raises_input_error(lambda: TransferCTCModel(_cfg(base_nemo, train=path)), pattern, r"train_ds")
 
 
 def test_bad_validation_manifest_is_named_with_its_section(base_nemo, en_manifest, tmp_path):
     dev = _with_bad_line(en_manifest, tmp_path, _entry(en_manifest, lang=None, text="one two?"), "dev.json")
-    _raises(lambda: TransferCTCModel(_cfg(base_nemo, train=en_manifest, val=dev)), r"validation_ds", r"dev\.json:3.*'\?'")
+    raises_input_error(lambda: TransferCTCModel(_cfg(base_nemo, train=en_manifest, val=dev)), r"validation_ds", r"dev\.json:3.*'\?'")
 
 
 def test_missing_training_manifest_file(base_nemo, tmp_path):
-    _raises(lambda: TransferCTCModel(_cfg(base_nemo, train=str(tmp_path / "train.json"))), r"train\.json")
+    raises_input_error(lambda: TransferCTCModel(_cfg(base_nemo, train=str(tmp_path / "train.json"))), r"train\.json")
 
 
 # ---------------------------------------------------------------------------- configs: wrong types, unknown keys
@@ -105,13 +93,13 @@ def test_missing_training_manifest_file(base_nemo, tmp_path):
     ],
 )
 def test_config_values_of_the_wrong_type_or_name(overrides, pattern, base_nemo, en_manifest):
-    _raises(lambda: TransferCTCModel(_cfg(base_nemo, train=en_manifest, val=en_manifest, **overrides)), pattern)
+    raises_input_error(lambda: TransferCTCModel(_cfg(base_nemo, train=en_manifest, val=en_manifest, **overrides)), pattern)
 
 
 def test_transfer_section_that_is_not_a_mapping(base_nemo, en_manifest):
     cfg = _cfg(base_nemo, train=en_manifest)
     cfg.transfer = base_nemo  # forgot `base_model:`
-    _raises(lambda: TransferCTCModel(cfg), r"model\.transfer: must be a mapping", r"base_model:")
+    raises_input_error(lambda: TransferCTCModel(cfg), r"model\.transfer: must be a mapping", r"base_model:")
 
 
 # ---------------------------------------------------------------------------- .nemo files
@@ -142,7 +130,7 @@ def speaker_nemo(tmp_path_factory):
 def test_base_model_file_of_another_format(base_nemo, en_manifest, tmp_path):
     text = tmp_path / "notes.nemo"
     text.write_text("these are my notes, not a model")
-    _raises(lambda: TransferCTCModel(_cfg(str(text), train=en_manifest)), r"notes\.nemo.*not a \.nemo archive")
+    raises_input_error(lambda: TransferCTCModel(_cfg(str(text), train=en_manifest)), r"notes\.nemo.*not a \.nemo archive")
 
 
 def test_base_model_archive_without_a_model_config(en_manifest, tmp_path):
@@ -151,11 +139,11 @@ def test_base_model_archive_without_a_model_config(en_manifest, tmp_path):
         info = tarfile.TarInfo("model_weights.ckpt")
         info.size = 4
         tar.addfile(info, io.BytesIO(b"0000"))
-    _raises(lambda: TransferCTCModel(_cfg(path, train=en_manifest)), r"weights_only\.nemo", r"model_config\.yaml")
+    raises_input_error(lambda: TransferCTCModel(_cfg(path, train=en_manifest)), r"weights_only\.nemo", r"model_config\.yaml")
 
 
 def test_base_model_that_is_not_an_asr_model(speaker_nemo, en_manifest):
-    _raises(
+    raises_input_error(
         lambda: TransferCTCModel(_cfg(speaker_nemo, train=en_manifest)),
         r"model\.transfer\.base_model.*EncDecSpeakerLabelModel, not a EncDecCTCModel",
     )
@@ -164,7 +152,7 @@ def test_base_model_that_is_not_an_asr_model(speaker_nemo, en_manifest):
 def test_transfer_ctc_nemo_where_an_rnnt_model_is_expected(tuned_nemo):
     from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
 
-    _raises(
+    raises_input_error(
         lambda: MultiSoftmaxRNNTModel.restore_from(tuned_nemo, map_location="cpu"),
         r"tuned\.nemo: the file holds a nemo_tl\.models\.transfer_ctc\.TransferCTCModel, not a MultiSoftmaxRNNTModel",
         r"TransferCTCModel\.restore_from",
@@ -177,7 +165,7 @@ def test_teacher_that_is_not_a_ctc_model(speaker_nemo):
 
     cfg = load_conf("quartznet_tiny")
     cfg.distillation = {"teachers": [{"model": speaker_nemo}]}
-    _raises(
+    raises_input_error(
         lambda: DistillCTCModel(cfg=cfg),
         r"model\.distillation\.teachers\[0\]\.model.*EncDecSpeakerLabelModel, not a EncDecCTCModel",
     )
@@ -200,7 +188,7 @@ def _multisoftmax(cfg):
 
 
 def test_languages_given_as_a_string():
-    _raises(_multisoftmax(_ms_cfg(languages="en,ru")), r"model\.languages: must be a mapping", r"languages: \{en:")
+    raises_input_error(_multisoftmax(_ms_cfg(languages="en,ru")), r"model\.languages: must be a mapping", r"languages: \{en:")
 
 
 @pytest.mark.parametrize(
@@ -212,4 +200,4 @@ def test_languages_given_as_a_string():
     ],
 )
 def test_language_config_values_of_the_wrong_type_or_name(changes, pattern):
-    _raises(_multisoftmax(_ms_cfg(**changes)), pattern)
+    raises_input_error(_multisoftmax(_ms_cfg(**changes)), pattern)

@@ -270,7 +270,7 @@ def test_frame_looping_decoders_decode_alike_and_loop_without_conditional_graphs
 
 
 @pytest.mark.parametrize("architecture", ["multisoftmax", "vanilla"])
-def test_half_precision_encoder_output_decodes_as_full_precision(manifests, architecture):
+def test_half_precision_encoder_output_decodes_as_full_precision(manifests, architecture, monkeypatch):
     """A BatchNorm encoder under bf16 autocast returns bf16; NeMo's CUDA-graph decoder runs without autocast."""
     from nemo_tl.models.multisoftmax_rnnt import MultilingualTranscribeConfig
 
@@ -287,6 +287,15 @@ def test_half_precision_encoder_output_decodes_as_full_precision(manifests, arch
             got = decode({"encoded": half, "encoded_len": encoded_len, "lang_ids": None}, trcfg)
             assert [h.text for h in got] == [h.text for h in ref] and [h.lang for h in got] == [h.lang for h in ref]
     # Validation WER decodes the encoder output too: under a bf16-mixed Trainer it gets it in fp32.
+    # The prediction LSTM runs in fp32 here: oneDNN has no bf16 LSTM on CPUs without bf16 instructions
+    # (it is the encoder's output dtype that this test is about).
+    lstm_forward = torch.nn.LSTM.forward
+
+    def fp32_lstm(self, input, hx=None):
+        with torch.autocast("cpu", enabled=False):
+            return lstm_forward(self, input.float(), None if hx is None else tuple(h.float() for h in hx))
+
+    monkeypatch.setattr(torch.nn.LSTM, "forward", fp32_lstm)
     seen = []
     for wer in ([model.wer] if architecture == "vanilla" else model.lang_wer.values()):
         wer.update = lambda *a, _update=wer.update, **k: seen.append(k["predictions"].dtype) or _update(*a, **k)
