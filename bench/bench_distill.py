@@ -198,35 +198,37 @@ def bench(args, results: Results, workdir: str) -> None:
     online2 = DistillCTCModel(cfg=distill_cfg(args, manifest, teacher_paths, None))
     cache1 = DistillCTCModel(cfg=distill_cfg(args, manifest, teacher_paths[:1], cache_dir))
     cache2 = DistillCTCModel(cfg=distill_cfg(args, manifest, teacher_paths, cache_dir))
-    # audio, lengths, tokens, lengths, sample ids, and the teachers' cached outputs as the loader's workers
-    # deliver them (on the CPU: the timed step includes moving them to the device).
+    # An AudioTextBatch: audio, lengths, tokens, lengths, sample ids, and the teachers' cached outputs as
+    # the loader's workers deliver them (on the CPU: the timed step includes moving them to the device).
+    from nemo_tl.data.batches import AudioTextBatch
     from nemo_tl.distill.cache import CachedTeacherBatch
 
-    loaded = next(iter(cache2._train_dl))
-    batch = tuple(t.to(device) for t in loaded[:5])
-    cached = {1: CachedTeacherBatch(loaded[5].outputs[:1]), 2: loaded[5]}
+    loaded = next(iter(cache2.train_dataloader()))
+    batch = AudioTextBatch(*(t.to(device) for t in loaded.nemo), sample_ids=loaded.sample_ids.to(device))
+    cached = {1: CachedTeacherBatch(loaded.teacher.outputs[:1]), 2: loaded.teacher}
     if device.startswith("cuda"):  # page-locked, as a loader with `pin_memory: true` delivers them
         cached = {k: c.pin_memory() for k, c in cached.items()}
     # Diagnostic: the same step with the outputs already on the device, i.e. without their copy.
     on_device = CachedTeacherBatch(cached[2].on_device(device))
 
+    # What each side trains on: NeMo's 4-tuple, the batch without, or with the teachers' cached outputs.
     models = {
-        "NeMo student alone (5x3)": (student_plain, 4),
-        "student alone + σ head": (student_sigma, 4),
-        "online, 1 teacher": (online1, 5),
-        "online, 2 teachers": (online2, 5),
-        "cache, 1 teacher": (cache1, 6),
-        "cache, 2 teachers": (cache2, 6),
-        ON_DEVICE: (cache2, 6),
+        "NeMo student alone (5x3)": (student_plain, "nemo"),
+        "student alone + σ head": (student_sigma, "nemo"),
+        "online, 1 teacher": (online1, "online"),
+        "online, 2 teachers": (online2, "online"),
+        "cache, 1 teacher": (cache1, "cache"),
+        "cache, 2 teachers": (cache2, "cache"),
+        ON_DEVICE: (cache2, "cache"),
     }
     prepared = {}
-    for name, (model, width) in models.items():
+    for name, (model, kind) in models.items():
         if name == ON_DEVICE:  # the same model and optimizer as "cache, 2 teachers"
             prepared[name] = prepared["cache, 2 teachers"]
             continue
         model.to(device)
         model.train()
-        prepared[name] = (model, setup_optimizer(model, NOVOGRAD), width)
+        prepared[name] = (model, setup_optimizer(model, NOVOGRAD), kind)
         attach_step_trainer(model)
     teacher = online1.teachers[0].model.to(device)
 
@@ -238,18 +240,18 @@ def bench(args, results: Results, workdir: str) -> None:
     rows = []
     for precision in args.precisions:
         variants = []
-        for name, (model, optimizer, width) in prepared.items():
-            teachers = [t.model for t in getattr(model, "teachers", [])] if "online" in name else []
-            steps_batch = batch[:width]
-            if width == 6:
-                steps_batch = (*batch, on_device if name == ON_DEVICE else cached[len(model.teachers)])
+        for name, (model, optimizer, kind) in prepared.items():
+            teachers = [t.model for t in getattr(model, "teachers", [])] if kind == "online" else []
+            steps_batch = batch.nemo if kind == "nemo" else batch
+            if kind == "cache":
+                steps_batch = batch._replace(teacher=on_device if name == ON_DEVICE else cached[len(model.teachers)])
             variants.append(
                 training_step_variant(name, model, optimizer, steps_batch, device, precision, also_resident=teachers)
             )
 
         def teacher_fwd(precision=precision):
             with autocast(device, precision):
-                teacher_outputs(teacher, batch[0], batch[1])
+                teacher_outputs(teacher, batch.audio, batch.audio_lens)
 
         variants.append(Variant("teacher forward", teacher_fwd, lambda: tensor_bytes(resident_tensors([teacher]))))
         variants, failed = working(variants)

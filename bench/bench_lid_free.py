@@ -113,15 +113,14 @@ def set_graphs(model, setting: str) -> None:
     in ``setting``: ``no_while_loops`` (the model's default), ``off``, or ``full_graph`` (crashes once two
     label-looping decoders replay in turn, see bench/repro_cuda_graphs.py). A frame-looping decoder
     has only NeMo's full graph (conditional nodes), which it gets for any setting but ``off``."""
+    from nemo_tl.compat import force_cuda_graphs_mode
+
     model._stacked_decoding()  # build the batched decoder now, so that it is switched too
     if setting == "off":
         model.disable_cuda_graphs()
         return
     for decoding in model._decodings():
-        computer = getattr(decoding.decoding, "decoding_computer", None)
-        if computer is not None:  # label looping
-            computer.force_cuda_graphs_mode(setting)
-        else:  # frame looping
+        if not force_cuda_graphs_mode(decoding.decoding, setting):  # frame looping: NeMo's one graph
             decoding.decoding.maybe_enable_cuda_graphs()
 
 

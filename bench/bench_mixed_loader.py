@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     manifests = [target, source]
 
     loaders = {
-        "plain NeMo (concatenated)": EncDecCTCModel(_model_cfg(manifests, args, None))._train_dl,
-        "mixed, per sample": MixedCTC(_model_cfg(manifests, args, {"weights": [0.8, 0.2]}))._train_dl,
-        "mixed, per batch": MixedCTC(_model_cfg(manifests, args, {"weights": "hours", "per_batch": True}))._train_dl,
+        "plain NeMo (concatenated)": EncDecCTCModel(_model_cfg(manifests, args, None)).train_dataloader(),
+        "mixed, per sample": MixedCTC(_model_cfg(manifests, args, {"weights": [0.8, 0.2]})).train_dataloader(),
+        "mixed, per batch": MixedCTC(_model_cfg(manifests, args, {"weights": "hours", "per_batch": True})).train_dataloader(),
     }
     runs: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(args.repeats):

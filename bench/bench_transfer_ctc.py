@@ -4,10 +4,11 @@
 
 Both models are built from ``conf/quartznet_15x5.yaml`` (random weights; the transfer model
 takes the NeMo model as its base, same labels), batch 32 of 10 s random audio with 150-character
-transcripts. One training step = NeMo's ``training_step`` (preprocessor with dither,
-SpecAugment, encoder, decoder, CTC loss) under autocast for bf16-mixed, backward, NovoGrad step
-(the optimizer of the configs, from the model's own ``setup_optimization``, so nemo_tl's
-parameter groups without frozen parameters are used). Frozen blocks keep nemo_tl's forward
+transcripts. One training step = Lightning's ``on_train_batch_start`` hook, NeMo's ``training_step``
+(preprocessor with dither, SpecAugment, encoder, decoder, CTC loss) under autocast for bf16-mixed,
+backward through the model's ``backward`` hook (nemo_tl's non-finite step guard is in these two
+hooks), NovoGrad step (the optimizer of the configs, from the model's own ``setup_optimization``,
+so nemo_tl's parameter groups without frozen parameters are used). Frozen blocks keep nemo_tl's forward
 pre-hooks. No Trainer: ``self.log`` is a no-op and the training WER is not computed, on both sides.
 
 1. Head to head, nothing frozen, fp32 and bf16-mixed: goal ratio ≤ 1.02.

@@ -208,7 +208,7 @@ def attach_step_trainer(model: Any, log_every_n_steps: int = 10**9) -> None:
     computed every ``log_every_n_steps``; here never, on every side alike); ``self.log`` becomes a
     no-op on every side alike.
     """
-    model._trainer = types.SimpleNamespace(global_step=0, log_every_n_steps=log_every_n_steps, world_size=1)
+    model.trainer = types.SimpleNamespace(global_step=0, log_every_n_steps=log_every_n_steps, world_size=1)
     model.log = lambda *a, **k: None
     model.log_dict = lambda *a, **k: None
 
@@ -218,8 +218,8 @@ def setup_optimizer(model: Any, optim: dict) -> torch.optim.Optimizer:
     from omegaconf import OmegaConf
 
     cfg = {k: v for k, v in optim.items() if k != "sched"}
-    model.setup_optimization(optim_config=OmegaConf.create(cfg))
-    return model._optimizer
+    optimizer, _ = model.setup_optimization(optim_config=OmegaConf.create(cfg))
+    return optimizer
 
 
 NOVOGRAD = {"name": "novograd", "lr": 0.01, "betas": [0.8, 0.5], "weight_decay": 0.001}
@@ -246,7 +246,12 @@ def training_step_variant(
     step_fn: Callable[[Any, Sequence[Any], int], torch.Tensor] | None = None,
     also_resident: Sequence[torch.nn.Module] = (),
 ) -> Variant:
-    """A Variant whose step is zero_grad, forward + loss (``model.training_step``) under autocast, backward, step."""
+    """A Variant whose step is one Lightning training step without the Trainer, the same for every model.
+
+    zero_grad; the model's ``on_train_batch_start`` hook; forward + loss (``model.training_step``)
+    under autocast; backward through the model's ``backward`` hook; optimizer step. The hooks are
+    where nemo_tl's non-finite step guard works (NeMo's models inherit Lightning's plain ones).
+    """
     counter = {"n": 0}
 
     def loss_of(m, b, i):
@@ -256,9 +261,10 @@ def training_step_variant(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
+        model.on_train_batch_start(batch, counter["n"])
         with autocast(device, precision):
             loss = fn(model, batch, counter["n"])
-        loss.backward()
+        model.backward(loss)
         optimizer.step()
         counter["n"] += 1
 

@@ -31,6 +31,8 @@ def child(mode: str) -> None:
     from nemo.collections.asr.models import EncDecRNNTModel
     from omegaconf import open_dict
 
+    from nemo_tl.compat import force_cuda_graphs_mode
+
     p = base_parser("repro")
     bm.add_model_args(p)
     args = p.parse_args(["--device", "cuda", "--layers", "4"])
@@ -59,9 +61,9 @@ def child(mode: str) -> None:
 
     reference = {}
     for name, model in models.items():
-        model.decoding.decoding.decoding_computer.force_cuda_graphs_mode("no_graphs")
+        force_cuda_graphs_mode(model.decoding.decoding, "no_graphs")
         reference[name] = texts(name)
-        model.decoding.decoding.decoding_computer.force_cuda_graphs_mode(mode)
+        force_cuda_graphs_mode(model.decoding.decoding, mode)
     for i, name in enumerate(ORDER):
         differing = sum(a != b for a, b in zip(texts(name), reference[name]))
         print(json.dumps({"call": i, "decoder": name, "differing_texts": differing}), flush=True)

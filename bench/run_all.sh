@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Run every benchmark of bench/ in sequence, then render docs/PERFORMANCE.md from their JSON.
+# Run every GPU benchmark of bench/ in sequence, then render their tables with bench/report.py.
 #
 #   bash bench/run_all.sh OUT_DIR [--smoke] [--device cpu]
 #
 # Each script runs on its own under a time limit (a failure or timeout does not stop the rest;
 # a script rewrites its JSON after every section, so a timeout keeps what was done). OUT_DIR gets
-# 7 files: bench.log (everything printed), one JSON per benchmark and PERFORMANCE.md (a copy of
-# docs/PERFORMANCE.md; report.py writes docs/ only for a full GPU run). Stdout shows the tables.
+# 7 files: bench.log (everything printed), one JSON per benchmark and PERFORMANCE.md (every table
+# of the run and its goals). For a full GPU run report.py also replaces the generated blocks of
+# docs/PERFORMANCE.md (between its report:begin/report:end markers) and nothing else there.
+# Stdout shows the tables.
 # BENCH_BUDGET_S (default 450) bounds the whole run; PYTHON picks the interpreter (default python3).
 set -u
 out=${1:?usage: bash bench/run_all.sh OUT_DIR [--smoke] [--device DEVICE]}

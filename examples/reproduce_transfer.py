@@ -28,6 +28,7 @@ import torch
 
 from nemo_tl.demo import data_cfg
 from nemo_tl.evaluation import evaluate_manifests
+from nemo_tl.transfer.recipe import FINETUNE_LR, SCRATCH_LR, finetune_optim
 from nemo_tl.utils.training import quick_trainer, quiet_logs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,11 +90,6 @@ def steps_to_90(points: list[dict], lang: str) -> int | None:
     return None
 
 
-def optim(lr: float, warmup: float = 0.12) -> dict:
-    return {"name": "novograd", "lr": lr, "betas": [0.95, 0.25], "weight_decay": 0.001,
-            "sched": {"name": "CosineAnnealing", "warmup_ratio": warmup, "min_lr": lr / 100}}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -105,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-config", default="quartznet_5x3")
     p.add_argument("--base", help="use this source .nemo instead of training one")
     p.add_argument("--base-steps", type=int, default=2500)
-    p.add_argument("--base-lr", type=float, default=0.01)
+    p.add_argument("--base-lr", type=float, default=SCRATCH_LR)
     p.add_argument("--steps", type=int, default=800)
-    p.add_argument("--lr", type=float, default=0.001, help="fine-tuning lr (Huang et al.: ~10x below scratch)")
+    p.add_argument("--lr", type=float, default=FINETUNE_LR, help="fine-tuning lr (Huang et al.: ~10x below scratch)")
     p.add_argument("--replay", type=float, default=0.2, help="source share in the replay run")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--eval-every", type=int, default=100)
@@ -142,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.labels = labels_for(src)
         cfg.train_ds = data_cfg(corpus[src]["train"], labels_for(src), args.batch, True)
         cfg.validation_ds = data_cfg(None, labels_for(src), 64, False)
-        cfg.optim = optim(args.base_lr, warmup=0.05)
+        cfg.optim = finetune_optim(args.base_lr, warmup_ratio=0.05)
         curve, timer = DevCurve({src: dev[src]}, args.eval_every * 5), StepTimer()
         tr = quick_trainer(args.base_steps, [curve, timer])
         model = EncDecCTCModel(cfg=OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), trainer=tr)
@@ -174,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             train["mixing"] = {"weights": [1 - args.replay, args.replay], "seed": args.seed}
         curve, timer = DevCurve(dev, args.eval_every), StepTimer()
         tr = quick_trainer(args.steps, [curve, timer])
-        model = TransferCTCModel.from_base(base, labels=labels, cfg={"train_ds": train, "optim": optim(lr)},
+        model = TransferCTCModel.from_base(base, labels=labels, cfg={"train_ds": train, "optim": finetune_optim(lr)},
                                            trainer=tr, **transfer)
         trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
         tr.fit(model)
@@ -212,9 +208,9 @@ def report(results: dict, src: str, tgt: str) -> str:
 
 
 def plot(results: dict, tgt: str, path: Path) -> None:
-    import matplotlib
+    from nemo_tl.utils.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "plots").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -34,10 +34,10 @@ import traceback
 from pathlib import Path
 from typing import NamedTuple
 
+from nemo_tl.utils.configs import config_file
 from nemo_tl.utils.training import TrainingTimer, accelerator, quick_trainer, quiet_logs
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CONF = REPO / "conf" / "quartznet_demo.yaml"
+DEMO_CONF = config_file("quartznet_demo.yaml")  # conf/ of a checkout, nemo_tl/conf/ of a wheel
 EMBEDDED_BASE = Path(__file__).resolve().parent / "assets" / "demo_base_en.nemo"
 CORPUS_SEED = 0
 CORPUS_UTTERANCES = 600
@@ -125,17 +125,16 @@ def finetune(base: Path, corpus: dict, transfer: dict, replay: bool, steps: int,
     """One German fine-tuning run; returns (model, seconds of the optimisation steps)."""
     from nemo_tl.data.texts import labels_for
     from nemo_tl.models import TransferCTCModel
+    from nemo_tl.transfer.recipe import finetune_optim
 
     de_labels = labels_for("de")
     train = data_cfg(corpus["de"]["train"], de_labels, batch_size, True)
     if replay:
         train["manifest_filepath"] = [corpus["de"]["train"], corpus["en"]["train"]]
         train["mixing"] = {"weights": [0.7, 0.3], "seed": 0}
-    optim = {"name": "novograd", "lr": lr, "betas": [0.95, 0.25], "weight_decay": 0.001,
-             "sched": {"name": "CosineAnnealing", "warmup_ratio": 0.12, "min_lr": lr / 100}}
     timer = TrainingTimer()
     trainer = quick_trainer(steps, callbacks=[timer])
-    model = TransferCTCModel.from_base(str(base), labels=de_labels, cfg={"train_ds": train, "optim": optim},
+    model = TransferCTCModel.from_base(str(base), labels=de_labels, cfg={"train_ds": train, "optim": finetune_optim(lr)},
                                        trainer=trainer, **transfer)
     trainer.fit(model)
     return model, timer.seconds

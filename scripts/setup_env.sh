@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything nemo_tl needs on a fresh machine: a virtual environment in .venv with torch
-# and nemo_tl's pinned dependencies (nemo_toolkit[asr] 3.0.x, the espeakng-loader wheel that
-# speaks for the demo and the corpus tool), then Debian's espeak-ng when apt-get can install it
-# (optional while the wheel speaks: the tests of the system backends use it).
+# and nemo_tl's pinned dependencies with every extra (nemo_toolkit[asr] 3.0.x; the synth extra's
+# espeakng-loader wheel that speaks for the demo and the corpus tool; the plots extra), then
+# Debian's espeak-ng when apt-get can install it (optional while the wheel speaks: the tests of
+# the system backends use it).
 #
 # Idempotent. A run that succeeds records a hash of setup.py and this script in
 # .venv/.nemo_tl-setup; while both are unchanged, the next run only checks the installed
@@ -40,7 +41,7 @@ rm -f "$STAMP"
 echo "setup: installing torch, nemo_tl and its dependencies into .venv (minutes on a fresh machine)"
 quietly .venv/bin/python -m pip install --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || quietly .venv/bin/python -m pip install "$TORCH"
-quietly .venv/bin/python -m pip install -e ".[test]"
+quietly .venv/bin/python -m pip install -e ".[all,test]"  # all: the synth and plots extras
 
 # espeak-ng from Debian: a fallback and the system backends' tests, never a requirement here.
 if ! command -v espeak-ng >/dev/null 2>&1; then

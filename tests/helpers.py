@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import lightning.pytorch as pl
 import pytest
@@ -49,3 +50,25 @@ def raises_input_error(make, *patterns: str) -> str:
         assert re.search(pattern, message, re.S), (pattern, message)
     assert re.search(r"\bfix:", message, re.I), message
     return message
+
+
+def count_calls(fn) -> tuple[int, object]:
+    """Run ``fn()``; return the number of Python and C function calls it made, and its result.
+
+    What a speed rests on, counted instead of timed (a loaded CI machine makes timings flaky):
+    vectorised work makes a count that does not grow with the data, per-line work a count that
+    grows linearly with it.
+    """
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+    return calls, result

@@ -30,7 +30,8 @@ class RankReport(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         texts = tuple(tuple(batch[2][i, : batch[3][i]].tolist()) for i in range(batch[2].shape[0]))
-        self.batches.append((texts, batch[4].tolist() if len(batch) > 4 else None))
+        lang_ids = getattr(batch, "lang_ids", None)  # multilingual batches (LanguageBatch)
+        self.batches.append((texts, None if lang_ids is None else lang_ids.tolist()))
 
     def on_train_end(self, trainer, pl_module):
         wrapped = trainer.strategy.model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import torch
 from nemo.collections.asr.models import ASRModel, EncDecCTCModel
 from omegaconf import OmegaConf
 
+from nemo_tl.data.batches import AudioTextBatch
 from nemo_tl.data.synthetic import make_tone_manifest
-from nemo_tl.distill.cache import CachedTeacherBatch, TeacherCache
+from nemo_tl.distill.cache import CachedTeacherBatch, CachedTeacherCollate, TeacherCache
 from nemo_tl.distill.cache import main as cache_main
 from nemo_tl.errors import InputError
 from nemo_tl.models.distill_ctc import LOG_KEYS, DistillCTCModel
@@ -193,7 +195,7 @@ def test_conditional_distillation_drops_teachers_that_transcribe_wrongly(student
     dropped = _parts(student, batch)
     assert dropped["tok_kd_loss"] == dropped["unc_kd_loss"] == dropped["hidden_kd_loss"] == 0.0
     # a teacher that is right on utterance 0 keeps its weight there only
-    outputs = student._teacher_batch(batch[:4])
+    outputs = student._teacher_batch(AudioTextBatch.from_nemo(batch))
     transcript, transcript_len = batch[2].clone(), batch[3].clone()
     blank = student.decoder.num_classes_with_blank - 1
     path = outputs[0].log_probs[0, : int(outputs[0].lengths[0])].argmax(-1).tolist()
@@ -207,7 +209,7 @@ def test_conditional_distillation_drops_teachers_that_transcribe_wrongly(student
 
 def test_confidence_weighting_follows_the_more_confident_teacher(student):
     batch = _first_batch(student)
-    outputs = student._teacher_batch(batch[:4])
+    outputs = student._teacher_batch(AudioTextBatch.from_nemo(batch))
     outputs[1].log_probs = (outputs[1].log_probs * 50).log_softmax(-1)  # teacher b: confident on every frame
     assert student._teacher_weights(outputs, batch[2], batch[3]).tolist() == [[1.0] * 4, [0.5] * 4]
     _configure(student, teacher_weighting="confidence")
@@ -228,23 +230,27 @@ def test_cache_gives_the_same_losses_as_online_teachers(student, teacher_a, teac
     assert len(cached._caches) == 2 and TeacherCache.is_complete(f"{cache_dir}/teacher_1")
     cached.load_state_dict(student.state_dict())
     cached.eval()
+    # the loader is built with the collate function that reads the teachers' outputs
+    assert isinstance(cached._train_dl.collate_fn, CachedTeacherCollate)
     batch = _first_batch(cached)
-    # audio, lengths, transcripts, lengths, sample ids, and the teachers' outputs read by the loader
-    assert len(batch) == 6 and isinstance(batch[-1], CachedTeacherBatch)
-    assert _parts(cached, batch[:5]) == pytest.approx(_parts(cached, batch), rel=1e-6)  # read in the step: same
+    assert isinstance(batch, AudioTextBatch) and isinstance(batch.teacher, CachedTeacherBatch)
+    assert len(batch.teacher.outputs) == 2 and batch.manifest_ids is None
+    assert batch.sample_ids.tolist() == [0, 1, 2, 3]  # shuffle: false
+    read_in_step = _parts(cached, batch._replace(teacher=None))  # by sample id, in the step: the same
+    assert read_in_step == pytest.approx(_parts(cached, batch), rel=1e-6)
     _configure(student, teacher_weighting="confidence")
     _configure(cached, teacher_weighting="confidence")
     for model in (student, cached):
         model.teachers[0].weight = 1.0
-    got, expected = _parts(cached, batch), _parts(student, batch[:4])
+    got, expected = _parts(cached, batch), _parts(student, batch.nemo)
     for key in LOG_KEYS:
         assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
     _configure(student, conditional=True, teacher_weighting="fixed")
     _configure(cached, conditional=True, teacher_weighting="fixed")
-    assert _parts(cached, batch) == pytest.approx(_parts(student, batch[:4]), rel=1e-4, abs=1e-5)
+    assert _parts(cached, batch) == pytest.approx(_parts(student, batch.nemo), rel=1e-4, abs=1e-5)
     _configure(student, conditional=False)
     _configure(cached, conditional=False)
-    got, expected = _parts(cached, batch), _parts(student, batch[:4])
+    got, expected = _parts(cached, batch), _parts(student, batch.nemo)
     for key in LOG_KEYS:
         assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-5), key
     assert got["tok_kd_loss"] > 0 and got["hidden_kd_loss"] > 0
@@ -271,10 +277,16 @@ def test_cache_with_mixed_manifests(student, teacher_a, teacher_b, en_manifest, 
     cached.load_state_dict(student.state_dict())
     cached.eval()
     batches = list(cached._train_dl)
-    assert all(len(b) == 7 and isinstance(b[-1], CachedTeacherBatch) for b in batches)  # ids, manifests, outputs
-    assert {m for b in batches for m in b[5].tolist()} == {0, 1}
+    assert all(isinstance(b.teacher, CachedTeacherBatch) and b.sample_ids is not None for b in batches)
+    assert {m for b in batches for m in b.manifest_ids.tolist()} == {0, 1}
+    assert cached._train_dl.sampler is cached.mixed_sampler  # the mixed sampler (and its resume state) kept
+    # the non-finite guard names a row's audio file by the batch's sample and manifest ids
+    listed = [{json.loads(line)["audio_filepath"] for line in open(m)} for m in (en_manifest, other)]
+    for batch in batches:
+        files = cached._batch_audio_files(batch)
+        assert [f in listed[m] for f, m in zip(files, batch.manifest_ids.tolist())] == [True] * len(files)
     for batch in batches[:2]:
-        got, expected = _parts(cached, batch), _parts(student, batch[:4])
+        got, expected = _parts(cached, batch), _parts(student, batch.nemo)
         assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 

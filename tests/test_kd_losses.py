@@ -16,7 +16,7 @@ from nemo_tl.distill.objective import (
 )
 from nemo_tl.distill.teachers import TeacherOutputs
 from nemo_tl.errors import InputError
-from nemo_tl.losses import hidden_kd_loss, token_kd_loss, uncertainty_kd_loss
+from nemo_tl.losses import frame_mask, hidden_kd_loss, token_kd_loss, uncertainty_kd_loss
 
 # B=2 utterances, T=3 frames, V=2 classes; utterance 1 has a single valid frame and garbage padding.
 STUDENT = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [0.5, 0.5]], [[2.0, 1.0], [99.0, -99.0], [-50.0, 70.0]]])
@@ -113,23 +113,36 @@ def test_hidden_kd_projects_student_width_to_teacher_width():
     assert hidden_kd_loss(student, teacher, torch.tensor([4, 4]), projection=proj).item() == pytest.approx(
         expected.item()
     )
-    with pytest.raises(InputError, match="projection"):
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\).*\(2, 5, 4\).*projection"):
         hidden_kd_loss(student, teacher, torch.tensor([4, 4]))
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, match",
     [
-        lambda: token_kd_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5), torch.tensor([3, 3])),
-        lambda: token_kd_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.tensor([3])),
-        lambda: token_kd_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.tensor([3, 3]), temperature=0.0),
-        lambda: token_kd_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.tensor([3, 3]), reduction="sum"),
-        lambda: uncertainty_kd_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([3, 3])),
+        (lambda: token_kd_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5), torch.tensor([3, 3])),
+         r"\(2, 3, 4\).*\(2, 3, 5\)"),
+        (lambda: token_kd_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.tensor([3])), r"lengths \(1,\).*B = 2"),
+        (lambda: token_kd_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.tensor([3, 3]), temperature=0.0),
+         "temperature"),
+        (lambda: token_kd_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.tensor([3, 3]), reduction="sum"),
+         "'sum'"),
+        (lambda: uncertainty_kd_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor([3, 3])), r"\(2, 3\)"),
     ],
 )
-def test_bad_loss_inputs_raise_input_error(call):
-    with pytest.raises(InputError, match="Fix:"):
+def test_bad_loss_inputs_raise_plain_value_error_with_the_shapes(call, match):
+    """Pure tensor functions raise ValueError, as torch.nn.functional does; InputError is the config layer's."""
+    with pytest.raises(ValueError, match=match) as info:
         call()
+    assert not isinstance(info.value, InputError)
+
+
+def test_frame_mask_marks_the_valid_frames_of_each_utterance():
+    """The one padded-frame mask (KD losses, LID loss, LID-free decoding): any length dtype, zero lengths."""
+    expected = [[True, True, True, False], [False, False, False, False], [True, False, False, False]]
+    for lengths in (torch.tensor([3, 0, 1]), torch.tensor([3.0, 0.0, 1.0]), torch.tensor([3, 0, 1], dtype=torch.int32)):
+        assert frame_mask(lengths, 4).tolist() == expected
+    assert frame_mask(torch.tensor([5]), 3).tolist() == [[True, True, True]]  # longer than T: every frame
 
 
 # ---------------------------------------------------------------------------- objective

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import types
 from collections import Counter
 
 import numpy as np
@@ -25,8 +23,10 @@ from nemo_tl.data.mixing import (
 )
 from nemo_tl.data.synthetic import make_tone_manifest, write_manifest
 from nemo_tl.errors import InputError
+from nemo_tl.models import mixins
 from nemo_tl.models.mixins import CHECKPOINT_KEY, ManifestDataMixin
 from tests.conftest import EN_LABELS, load_conf
+from tests.helpers import count_calls
 
 # Distinct texts: a batch's transcripts tell which utterances it holds.
 SRC_TEXTS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
@@ -243,14 +243,18 @@ def test_lightning_keeps_the_sampler_under_ddp_and_sets_its_epoch(src, tgt):
     assert loader.sampler.epoch == 3
 
 
-def test_index_generation_speed():
-    import time
-
-    s = MixedBatchSampler([5000, 200000, 31], [0.5, 0.3, 0.2], 32, num_batches=4000)
-    t = time.perf_counter()
-    s.global_plan(0)
-    rate = s.samples_per_epoch / (time.perf_counter() - t)
-    assert rate > 100_000, rate
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_epoch_plan_does_no_work_per_sample(per_batch):
+    """The plan is a few NumPy calls whatever the epoch's size: no Python work per sample (its
+    speed is printed by ``bench/bench_mixed_loader.py``, goal ≥ 100k samples/s)."""
+    counts = []
+    for num_batches in (400, 4000):
+        s = MixedBatchSampler([5000, 200000, 31], [0.5, 0.3, 0.2], 32, num_batches=num_batches, per_batch=per_batch)
+        calls, (indices, manifests) = count_calls(lambda s=s: s.global_plan(0))
+        assert indices.shape == manifests.shape == (num_batches, 1, 32)
+        counts.append(calls)
+    assert counts[1] <= counts[0] + 20, counts  # 10x the samples (128,000), about the same calls
+    assert counts[1] < 1000, counts
 
 
 # ----------------------------------------------------------------------------- the loader
@@ -395,16 +399,14 @@ def test_mixin_builds_mixed_or_plain_loader(src, tgt):
 def test_mixin_calls_the_manifest_validator(src, tgt, monkeypatch):
     calls = []
 
-    def check_dataset_config(config, *, labels, languages=None, sample_rate=None, section=None):
+    def check_dataset_config(config, *, labels, languages=None, sample_rate=None, section=None, frames=None):
         paths = config.manifest_filepath
         calls.append((paths if isinstance(paths, str) else list(paths), labels, sample_rate, section))
         if config.get("mixing") is not None:
             raise InputError("validator ran first")
         return config
 
-    fake = types.ModuleType("nemo_tl.data.validate")
-    fake.check_dataset_config = check_dataset_config
-    monkeypatch.setitem(sys.modules, "nemo_tl.data.validate", fake)
+    monkeypatch.setattr(mixins, "check_dataset_config", check_dataset_config)
     with pytest.raises(InputError, match="validator ran first"):
         _M(_model_cfg([src, tgt], {"weights": [1, 1]}))
     assert calls[-1] == ([src, tgt], EN_LABELS, 16000, "train_ds")
@@ -441,9 +443,7 @@ def test_transcribe_skips_manifest_validation(src, monkeypatch):
     def refuse(config, **kw):
         raise AssertionError("validated NeMo's temporary transcription manifest")
 
-    fake = types.ModuleType("nemo_tl.data.validate")
-    fake.check_dataset_config = refuse
-    monkeypatch.setitem(sys.modules, "nemo_tl.data.validate", fake)
+    monkeypatch.setattr(mixins, "check_dataset_config", refuse)
     audio = [json.loads(x)["audio_filepath"] for x in open(src)][:2]
     assert len(model.transcribe(audio, batch_size=2, verbose=False)) == 2
 

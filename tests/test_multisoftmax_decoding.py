@@ -79,9 +79,15 @@ def test_infinite_settings_keep_every_decoder_on():
         assert t_avg.tolist() == [4.0, 4.0]
 
 
-def test_negative_settings_are_input_errors():
-    with pytest.raises(InputError, match="lid_free"):
+def test_negative_settings_are_value_errors():
+    """A pure function: plain ValueError (the config layer turns bad model.lid_free into InputError)."""
+    with pytest.raises(ValueError, match=r"s_th.*-0\.1") as info:
         early_stopping(torch.zeros(3, 2), min_frames=1, threshold=-0.1)
+    assert not isinstance(info.value, InputError)
+    with pytest.raises(ValueError, match=r"lengths \(3,\) must be \(B,\) with B = 2"):
+        average_posteriors(torch.zeros(2, 4, 3), torch.tensor([4, 4, 4]))
+    with pytest.raises(ValueError, match=r"\(2, 4, 3\).*\(3,\)"):
+        frame_lid_loss(torch.zeros(2, 4, 3), torch.tensor([4, 4, 4]), torch.tensor([0, 1]))
 
 
 def test_average_posteriors_ignore_padding_and_choice_among_active():

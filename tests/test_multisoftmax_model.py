@@ -14,6 +14,7 @@ import torch
 from nemo.collections.asr.models import EncDecRNNTModel
 from omegaconf import OmegaConf
 
+from nemo_tl.compat import cuda_graphs_mode
 from nemo_tl.data.synthetic import make_tone_manifest, write_manifest
 from nemo_tl.decoding.lid_free import early_stopping
 from nemo_tl.decoding.multilingual_eval import evaluate, format_table, language_wers, plot_sweep, sweep, werr
@@ -211,7 +212,7 @@ def test_lid_free_decoding_equals_per_language_decoding(manifests, lsp):
 
 def graph_modes(model) -> list:
     """The CUDA-graph mode of every NeMo decoding computer the model holds (None: graphs off)."""
-    return [d.decoding.decoding_computer.cuda_graphs_mode for d in model._decodings()]
+    return [cuda_graphs_mode(d.decoding) for d in model._decodings()]
 
 
 @pytest.mark.parametrize("architecture", ["multisoftmax", "vanilla"])
@@ -226,16 +227,15 @@ def test_every_decoder_avoids_full_graphs_through_nemo_hooks(manifests, architec
     model.transcribe(files(manifests["en"], 1), verbose=False)  # builds the batched LID-free decoding
     expected = 4 if architecture == "multisoftmax" else 1  # 3 languages + the batched one, or the union one
     modes = graph_modes(model)
-    computer = model._decodings()[0].decoding.decoding_computer
-    assert len(modes) == expected and set(modes) == {computer.CudaGraphsMode.NO_WHILE_LOOPS}
+    assert len(modes) == expected and set(modes) == {"no_while_loops"}
     # NeMo's hooks: off for training, on again (re-initialized) for validation, on every decoder.
     model.on_train_epoch_start()
     assert set(graph_modes(model)) == {None}
     model.on_validation_epoch_start()
-    assert set(graph_modes(model)) == {computer.CudaGraphsMode.NO_WHILE_LOOPS}
+    assert set(graph_modes(model)) == {"no_while_loops"}
     # Asked for in the config, full graphs stay; graphs off in NeMo's decoding config stay off.
     full = MultiSoftmaxRNNTModel(ms_cfg(architecture=architecture, cuda_graphs_mode="full_graph"))
-    assert set(graph_modes(full)) == {computer.CudaGraphsMode.FULL_GRAPH}
+    assert set(graph_modes(full)) == {"full_graph"}
     off = MultiSoftmaxRNNTModel(ms_cfg(architecture=architecture, decoding={"greedy": {"use_cuda_graph_decoder": False}}))
     off.maybe_enable_cuda_graphs(force_reinit=True)
     assert set(graph_modes(off)) == {None}
@@ -441,7 +441,7 @@ class _LanguagesSeen(pl.Callback):
         self.seen = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.append(sorted(set(batch[-1].tolist())))
+        self.seen.append(sorted(set(batch.lang_ids.tolist())))
 
 
 @pytest.mark.parametrize("architecture", ["multisoftmax", "onehot"])
@@ -580,6 +580,8 @@ def test_bad_architecture_and_transcribe_languages(manifests):
         model.transcribe(files(manifests["en"], 1), lang="fr", verbose=False)
     with pytest.raises(InputError, match="2 languages for 1 files"):
         model.transcribe(files(manifests["en"], 1), lang=["en", "ru"], verbose=False)
+    with pytest.raises(InputError, match=r"transcribe\(threshold=\.\.\.\): must be a number ≥ 0"):
+        model.transcribe(files(manifests["en"], 1), threshold=-0.5, verbose=False)
     with pytest.raises(InputError, match="unknown language"):
         model.extract_language("fr")
 
@@ -672,7 +674,7 @@ class _FusedIsolation(pl.Callback):
         self.langs, self.leaks = [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.langs.append(pl_module.languages[int(batch[-1][0])])
+        self.langs.append(pl_module.languages[int(batch.lang_ids[0])])
 
     def on_after_backward(self, trainer, pl_module):
         lang = self.langs[-1]

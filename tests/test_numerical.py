@@ -74,3 +74,58 @@ def test_training_step_defined_by_a_subclass_is_guarded_once(base_nemo, en_manif
     _assert_step_skipped(snaps, 0)
     assert model.skipped_nonfinite_steps == 1  # counted once although two wrapped steps ran
     assert trainer.callback_metrics["skipped_nonfinite_steps"].item() == 1
+
+
+def _scale_loss(model: TransferCTCModel, call: int, factor: float) -> None:
+    """Multiply the CTC loss by ``factor`` on the given 1-based call."""
+    real, calls = model.loss.forward, [0]
+
+    def scaled(*args, **kwargs):
+        calls[0] += 1
+        loss = real(*args, **kwargs)
+        return loss * factor if calls[0] == call else loss
+
+    model.loss.forward = scaled
+
+
+def test_with_gradient_accumulation_only_the_bad_batch_is_left_out(base_nemo, en_manifest):
+    """Two batches per optimizer step, the second NaN: the step uses the first's gradients, as if the second gave 0."""
+    skipped, reference = (TransferCTCModel.from_base(base_nemo, labels=EN_LABELS) for _ in range(2))
+    start = {n: p.detach().clone() for n, p in skipped.named_parameters()}
+    _scale_loss(skipped, 2, math.nan)
+    _scale_loss(reference, 2, 0.0)
+    for model in (skipped, reference):
+        torch.manual_seed(0)
+        fit(model, en_manifest, steps=1, accumulate_grad_batches=2)
+    assert skipped.skipped_nonfinite_steps == 1 and reference.skipped_nonfinite_steps == 0
+    trained = dict(reference.named_parameters())
+    for name, p in skipped.named_parameters():
+        assert torch.equal(p, trained[name]), name
+    assert any(not torch.equal(p, start[n]) for n, p in skipped.named_parameters())  # the first batch trained
+
+
+def test_running_statistics_are_put_back_and_layers_in_eval_mode_cost_nothing(monkeypatch):
+    from nemo_tl.training import RunningStatistics
+
+    net = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 1), torch.nn.BatchNorm1d(4), torch.nn.BatchNorm1d(4))
+    stats, before = RunningStatistics(), snapshot(net)
+    stats.save(net)
+    net(torch.randn(3, 2, 5))
+    stats.restore()
+    assert all(torch.equal(v, snapshot(net)[k]) for k, v in before.items())
+    stats.save(net)
+    net(torch.randn(3, 2, 5))
+    stats.discard()  # the step went through: its statistics stay
+    moved = snapshot(net)
+    stats.restore()
+    assert all(torch.equal(v, snapshot(net)[k]) for k, v in moved.items())
+
+    copied, real = [], torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda dst, src: copied.append(len(dst)) or real(dst, src))
+    net[1].eval()
+    stats.save(net)
+    assert copied == [3]  # one fused copy of the layer still training: mean, variance, batch count
+    net.eval()
+    stats.save(net)
+    stats.restore()
+    assert copied == [3]  # every layer in eval mode: nothing copied

@@ -11,7 +11,8 @@ from nemo.collections.asr.models import ASRModel, EncDecCTCModel
 from omegaconf import OmegaConf
 
 from nemo_tl.models import TransferCTCModel
-from nemo_tl.models.mixins import CHECKPOINT_KEY, RNG_CHECKPOINT_KEY
+from nemo_tl.models.mixins import CHECKPOINT_KEY
+from nemo_tl.training import RNG_CHECKPOINT_KEY
 from nemo_tl.utils import AtomicCheckpointIO
 from tests.conftest import DE_LABELS, load_conf
 from tests.helpers import cpu_trainer, snapshot
@@ -242,3 +243,25 @@ def test_checkpoint_killed_half_way_keeps_the_previous_checkpoint(tmp_path, base
     assert last.read_bytes() == before
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     assert torch.load(last, weights_only=False)["global_step"] == 1
+
+
+def test_rng_states_go_back_per_rank_or_from_rank_0_when_the_world_size_changed():
+    from types import SimpleNamespace
+
+    from nemo_tl.training import ResumeRNGState
+    from nemo_tl.training.rng_state import rng_states
+
+    saved = []
+    for seed in (1, 2):  # what ranks 0 and 1 of a 2-process run saved
+        torch.manual_seed(seed)
+        saved.append(rng_states())
+    for world, rank, expected in ((2, 1, 1), (3, 2, 0), (1, 0, 0)):
+        callback = ResumeRNGState()
+        trainer = SimpleNamespace(world_size=world, global_rank=rank)
+        callback.on_load_checkpoint(trainer, None, {RNG_CHECKPOINT_KEY: saved})
+        torch.manual_seed(999)
+        callback.on_train_batch_start(trainer, None, None, 0)
+        assert torch.equal(torch.get_rng_state(), saved[expected]["torch"]), (world, rank)
+        torch.manual_seed(999)
+        callback.on_train_batch_start(trainer, None, None, 1)  # only the first batch after the resume
+        assert not torch.equal(torch.get_rng_state(), saved[expected]["torch"])

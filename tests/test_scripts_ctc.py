@@ -182,3 +182,24 @@ def test_introspection_names_the_layers_it_cannot_compare_and_why():
     }
     md = introspect.markdown(introspect.weight_changes(base, tuned), left_out)
     assert "- encoder.weight: shape 3x5 against the base's 3x4" in md and "- adapter.weight: not in the base" in md
+
+
+def test_unwritable_save_to_stops_the_script_before_training(tmp_path, base_nemo, en_manifest):
+    """A save_to in a directory that cannot be written is an InputError naming save_to before any step runs."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)  # no write bit: refused even for root, as NeMo's own save would be for a user
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "examples", "finetune_ctc.py"),
+             f"model.transfer.base_model={base_nemo}", f"model.train_ds.manifest_filepath={en_manifest}",
+             f"model.validation_ds.manifest_filepath={en_manifest}", "trainer.max_steps=1", "trainer.accelerator=cpu",
+             f"exp_manager.exp_dir={tmp_path}", f"save_to={locked}/tuned.nemo"],
+            capture_output=True, text=True, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ROOT},
+        )
+    finally:
+        locked.chmod(0o755)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"save_to={locked}/tuned.nemo" in out and "cannot be written" in out
+    assert "Fix:" in out and "Training:" not in out and "Optimizer config" not in out  # stopped before the model
+    assert os.listdir(locked) == []

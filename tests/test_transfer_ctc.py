@@ -11,9 +11,11 @@ import torch
 from nemo.collections.asr.models import ASRModel, EncDecCTCModel
 from omegaconf import OmegaConf
 
+from nemo_tl.compat import optimizer_param_groups
 from nemo_tl.errors import InputError
 from nemo_tl.models import TransferCTCModel
-from tests.conftest import DE_LABELS, EN_LABELS, ROOT, load_conf
+from nemo_tl.transfer.recipe import SCRATCH_LR, finetune_optim
+from tests.conftest import CONF, DE_LABELS, EN_LABELS, ROOT, load_conf
 from tests.helpers import fit, snapshot
 
 
@@ -101,6 +103,29 @@ def test_yaml_config_path_takes_preprocessor_and_encoder_from_base(base_nemo, ba
     assert list(model.decoder.vocabulary) == DE_LABELS
 
 
+def test_the_finetune_yaml_states_the_recipe_from_base_uses(base):
+    """One source for the recipe: conf/quartznet_finetune.yaml's optim is finetune_optim(), from_base's default."""
+    yaml = OmegaConf.load(os.path.join(CONF, "quartznet_finetune.yaml")).model.optim
+    assert OmegaConf.to_container(yaml) == finetune_optim()
+    assert finetune_optim()["lr"] == pytest.approx(SCRATCH_LR / 10)  # 10x below scratch
+    assert OmegaConf.to_container(TransferCTCModel.from_base(base, labels=EN_LABELS).cfg.optim) == finetune_optim()
+
+
+def test_a_base_model_object_is_passed_to_the_constructor(base, monkeypatch):
+    """``base_model=`` (what from_base uses): its weights, nothing loaded, recorded as in-memory in the cfg."""
+    import nemo_tl.models.transfer_ctc as transfer_ctc
+
+    cfg = OmegaConf.load(os.path.join(CONF, "quartznet_finetune.yaml")).model
+    cfg.transfer.base_model = None
+    cfg.labels = EN_LABELS
+    cfg.train_ds.manifest_filepath = cfg.validation_ds.manifest_filepath = None
+    monkeypatch.setattr(ASRModel, "restore_from", lambda *a, **k: pytest.fail("the base was loaded from disk"))
+    model = TransferCTCModel(cfg=cfg, base_model=base)
+    assert model.cfg.transfer.base_model == "<in-memory EncDecCTCModel>"
+    assert torch.equal(model.encoder.encoder[1].mconv[0].conv.weight, base.encoder.encoder[1].mconv[0].conv.weight)
+    assert not hasattr(transfer_ctc, "_BASE_OBJECT")  # no module-level hand-over between from_base and __init__
+
+
 # ---------------------------------------------------------------- freezing
 def test_frozen_blocks_do_not_move_during_training(base_nemo, de_manifest):
     model = TransferCTCModel.from_base(base_nemo, labels=DE_LABELS, freeze_encoder_blocks=2)
@@ -139,7 +164,7 @@ def test_frozen_blocks_stay_frozen_after_train_unfreeze_and_transcribe(base_nemo
 def test_optimizer_holds_no_frozen_parameter(base_nemo):
     model = TransferCTCModel.from_base(base_nemo, labels=EN_LABELS, freeze_encoder_blocks=2)
     model.setup_optimizer_param_groups()
-    held = {id(p) for g in model._optimizer_param_groups for p in g["params"]}
+    held = {id(p) for g in optimizer_param_groups(model) for p in g["params"]}
     assert not any(id(p) in held for b in model.encoder.encoder[:2] for p in b.parameters())
     assert all(id(p) in held for p in model.decoder.parameters())
 

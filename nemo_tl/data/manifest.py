@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from nemo_tl.errors import input_error
@@ -59,18 +59,25 @@ def resolve_audio_path(audio_file: str, manifest_path: str) -> str:
     return get_full_path(audio_file=audio_file, manifest_file=manifest_path)
 
 
-def flatten_manifest_filepath(value: Any) -> list[str]:
-    """Every manifest path in a dataset's ``manifest_filepath`` (string, comma list, or nested lists).
+def flatten_manifest_filepath(value: Any, where: str = "manifest_filepath") -> list[str]:
+    """Every manifest path in a dataset's ``manifest_filepath``, in order: the one parser of that key.
 
-    Numbers inside nested lists (Lhotse-style ``[[path, weight], ...]``) are skipped.
+    The forms NeMo accepts: a path; a comma-separated string (``"a.json, b.json"``: split, spaces
+    around each path dropped); a list of paths (each may itself be a comma-separated string); nested
+    lists (bucketing: ``[[a.json, b.json], [c.json]]``); Lhotse ``[[path, weight], ...]`` pairs, whose
+    weights (numbers) are skipped. ``None`` gives ``[]``. Anything else (a mapping) is an InputError
+    naming ``where``.
     """
-    if value is None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
         return []
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if isinstance(value, str):
         return [p.strip() for p in value.split(",") if p.strip()]
-    if isinstance(value, (int, float)):
-        return []
-    paths: list[str] = []
-    for item in value:
-        paths.extend(flatten_manifest_filepath(item))
-    return paths
+    if isinstance(value, Iterable) and not isinstance(value, Mapping | bytes):
+        return [p for item in value for p in flatten_manifest_filepath(item, where)]
+    raise input_error(
+        f"must be a manifest path, a comma-separated string of paths or a list of them, got {value!r}",
+        where=where,
+        fix="write manifest_filepath=train.json or manifest_filepath=[a.json,b.json]",
+    )

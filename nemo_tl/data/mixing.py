@@ -58,10 +58,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from nemo_tl.data.manifest import iter_manifest_lines
+from nemo_tl.data.manifest import flatten_manifest_filepath, iter_manifest_lines
 from nemo_tl.errors import input_error
 
 __all__ = [
@@ -302,18 +302,18 @@ def scan_manifest(path: str, where: str = "manifest_filepath") -> ManifestStats:
 
 
 def mixed_manifest_paths(config: Mapping, section: str = "train_ds") -> list[str]:
-    """The manifests of a mixed dataset config: a list of paths (or one comma-separated string)."""
+    """The manifests of a mixed dataset config: a list of paths (or one comma-separated string).
+
+    Parsed by :func:`~nemo_tl.data.manifest.flatten_manifest_filepath`; mixing takes one manifest per
+    entry (one weight each), so nested lists (bucketing, Lhotse pairs) are an InputError.
+    """
+    where = f"{section}.manifest_filepath"
     value = config.get("manifest_filepath")
-    if isinstance(value, str):
-        paths = [p.strip() for p in value.split(",") if p.strip()]
-    elif isinstance(value, (list, tuple, ListConfig)):
-        paths = list(value)
-    else:
-        paths = []
-    if not paths or not all(isinstance(p, str) and p for p in paths):
+    paths = flatten_manifest_filepath(value, where)
+    if not paths or not (isinstance(value, str) or all(isinstance(entry, str) for entry in value)):
         raise input_error(
             f"mixing needs a flat list of manifest paths, got {value!r}",
-            where=f"{section}.manifest_filepath",
+            where=where,
             fix="write manifest_filepath=[target.json,source.json]",
         )
     return paths

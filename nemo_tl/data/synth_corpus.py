@@ -70,7 +70,10 @@ PITCH = (30, 70)  # 0-99, default 50
 SNR_DB = (25.0, 45.0)
 GAIN = (0.3, 0.9)  # peak level before noise
 UNIT = 48  # utterances per worker task
-_INSTALL_FIX = "install espeak-ng (`apt-get install espeak-ng`) or the wheel (`pip install espeakng-loader`)"
+_INSTALL_FIX = (
+    "install espeak-ng (`apt-get install espeak-ng`) or the wheel (`pip install espeakng-loader`, "
+    "which nemo_tl's synth extra installs: `pip install 'nemo_tl[synth]'`)"
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,9 +163,9 @@ def digit_texts(lang: str) -> list[str]:
 
 
 def _cldr_names(lang: str) -> dict[str, list[str]]:
-    from babel import Locale
+    from nemo_tl.utils.extras import require
 
-    loc = Locale.parse(lang)
+    loc = require("babel", "synth").Locale.parse(lang)
     names = {
         "territory": [v for k, v in loc.territories.items() if k.isalpha()],
         "language": list(loc.languages.values()),
@@ -184,15 +184,14 @@ def cldr_texts(lang: str, count: int, seed: int = 0) -> list[str]:
     a number 0-9 with a unit name in CLDR's plural pattern (``"3 kilometers"``); two such
     measures as a list; a name followed by a measure. Deterministic for ``seed``.
     """
+    base = base_language(lang)
+    names = _cldr_names(base)  # raises ImportError naming nemo_tl[synth] without Babel
+    kinds = sorted(names)
+    from babel import Locale
     from babel.lists import format_list
     from babel.units import format_unit
 
-    base = base_language(lang)
-    names = _cldr_names(base)
-    kinds = sorted(names)
-    from babel import Locale
-
-    units = sorted(Locale.parse(base)._data["unit_display_names"].keys())
+    units = sorted(Locale.parse(base).unit_display_names.keys())
     rng = np.random.default_rng([seed, 7])
 
     def pick(kind: str) -> str:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import soundfile as sf
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from nemo_tl.config_checks import finite_float, to_plain
 from nemo_tl.data.manifest import AUDIO_KEYS, flatten_manifest_filepath, iter_manifest_lines, resolve_audio_path
 from nemo_tl.data.texts import LANGUAGES, expand_labels
 from nemo_tl.errors import InputError, input_error
@@ -158,14 +159,6 @@ class _TextChecker:
             if any(kept[c] < n for c, n in self._label_counts(word).items()):
                 changed.append((word.lower(), after))
         return changed
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float, or None when it is not a number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _chars(chars: Sequence[str]) -> str:
@@ -443,7 +436,7 @@ class _ManifestChecker:
         if self.frames is None or number not in self._audio:
             return
         sr, samples = self._audio[number]
-        duration, offset = _number(entry.get("duration")), _number(entry.get("offset") or 0) or 0.0
+        duration, offset = finite_float(entry.get("duration")), finite_float(entry.get("offset") or 0) or 0.0
         # As NeMo's AudioSegment.from_file loads it: seek int(offset * sr), read int(duration * sr), resample.
         if offset > 0:
             samples -= int(offset * sr)
@@ -522,7 +515,7 @@ class _ManifestChecker:
                 "missing duration",
             )
             return
-        duration = _number(entry["duration"])
+        duration = finite_float(entry["duration"])
         if duration is None:
             self._add(
                 number,
@@ -543,7 +536,7 @@ class _ManifestChecker:
             return
         if real is None:
             return
-        offset = _number(entry.get("offset") or 0)
+        offset = finite_float(entry.get("offset") or 0)
         if offset is None or offset < 0:
             self._add(
                 number,
@@ -817,8 +810,7 @@ def _cleanup_filtered_dirs() -> None:
 def _map_paths(value: Any, mapping: Mapping[str, str]) -> Any:
     """``value`` (manifest_filepath) with every manifest path replaced through ``mapping``."""
     if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",") if p.strip()]
-        return ",".join(mapping.get(p, p) for p in parts)
+        return ",".join(mapping.get(p, p) for p in flatten_manifest_filepath(value))
     if isinstance(value, (list, tuple)):
         return [_map_paths(v, mapping) for v in value]
     return value
@@ -838,8 +830,7 @@ def _expand_tarred(paths: list[str]) -> list[str]:
 
 def _select(config: DictConfig, key: str) -> Any:
     """``config[key]`` as a plain value; None when absent or not resolvable."""
-    value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    return to_plain(OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False))
 
 
 def format_report(problems: Sequence[Problem], limit: int = REPORT_LIMIT) -> str:
@@ -962,13 +953,13 @@ def check_dataset_config(
     value = config.get("manifest_filepath")
     if value is None:
         return config
-    value = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
+    value = to_plain(value)
     skip = f"{section}.skip_invalid" if section else "skip_invalid"
 
     if sample_rate is None:
         sample_rate = _select(config, "sample_rate")
     tarred = bool(config.get("is_tarred", False) or config.get("tarred_audio_filepaths"))
-    paths = list(dict.fromkeys(flatten_manifest_filepath(value)))
+    paths = list(dict.fromkeys(flatten_manifest_filepath(value, f"{section}.manifest_filepath" if section else "manifest_filepath")))
     if tarred:
         paths = _expand_tarred(paths)
 
@@ -1066,7 +1057,7 @@ def _check_duration_filters(groups: Mapping[str, list[_Result]], config: DictCon
         return
     prefix, name = (f"{section}.", section) if section else ("", "the dataset")
     for path, results in groups.items():
-        durations = [d for r in results for e in r.kept if (d := _number(e.get("duration"))) is not None]
+        durations = [d for r in results for e in r.kept if (d := finite_float(e.get("duration"))) is not None]
         short = sum(lo is not None and d < lo for d in durations)
         long = sum(hi is not None and d > hi for d in durations)
         if not durations or not short + long:

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from nemo_tl.errors import input_error
+from nemo_tl.losses.masks import frame_mask
 
 __all__ = ["average_posteriors", "choose_language", "early_stopping"]
 
@@ -36,13 +36,8 @@ def _batched(log_post: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torc
     else:
         lengths = torch.as_tensor(lengths, device=log_post.device).long().reshape(-1)
         if lengths.numel() != batch:
-            raise ValueError(f"lengths has {lengths.numel()} entries for a batch of {batch}")
+            raise ValueError(f"lengths {tuple(lengths.shape)} must be (B,) with B = {batch} (log_post {tuple(log_post.shape)})")
     return log_post, lengths.clamp(min=0, max=frames), unbatched
-
-
-def _frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """(B, T) bool, true on the first ``lengths[b]`` frames."""
-    return torch.arange(frames, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
 def early_stopping(
@@ -66,14 +61,10 @@ def early_stopping(
         frames keeps every decoder on and has T_avg = L.
     """
     if not (min_frames >= 0) or not (threshold >= 0):
-        raise input_error(
-            f"min_frames (τ) and threshold (s_th) must be ≥ 0, got {min_frames} and {threshold}",
-            where="model.lid_free",
-            fix="use τ ≥ 0 frames and s_th ≥ 0 (inf turns early stopping off)",
-        )
+        raise ValueError(f"min_frames (τ) and threshold (s_th) must be ≥ 0 (inf: never), got {min_frames} and {threshold}")
     log_post, lengths, unbatched = _batched(log_post, lengths)
     batch, frames, langs = log_post.shape
-    valid = _frame_mask(lengths, frames)  # (B, T)
+    valid = frame_mask(lengths, frames)  # (B, T)
 
     scores = torch.cumsum(log_post.double().masked_fill(~valid.unsqueeze(-1), 0.0), dim=1)  # s_l(t), (B, T, L)
     best = scores.max(dim=-1, keepdim=True).values  # s_max(t)
@@ -103,7 +94,7 @@ def average_posteriors(log_post: torch.Tensor, lengths: torch.Tensor | None = No
     """
     log_post, lengths, unbatched = _batched(log_post, lengths)
     langs = log_post.shape[-1]
-    valid = _frame_mask(lengths, log_post.shape[1]).unsqueeze(-1)
+    valid = frame_mask(lengths, log_post.shape[1]).unsqueeze(-1)
     total = (log_post.exp() * valid).sum(dim=1)
     avg = torch.where(
         lengths.unsqueeze(1) > 0, total / lengths.clamp(min=1).unsqueeze(1), torch.full_like(total, 1.0 / langs)

@@ -167,9 +167,9 @@ def to_json(rows: Mapping[str, EvalResult]) -> str:
 
 def plot_sweep(rows: Sequence[Mapping[str, float]], path: str) -> str:
     """Save the (τ, s_th) trade-off as a PNG: WER and LID accuracy against T_avg, points labelled (τ, s_th)."""
-    import matplotlib
+    from nemo_tl.utils.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "plots").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_wer, ax_lid) = plt.subplots(1, 2, figsize=(10, 4))

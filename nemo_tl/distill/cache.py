@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,20 +48,29 @@ import torch
 from nemo.collections.asr.data.audio_to_text import AudioToCharDataset
 from nemo.collections.asr.models import ASRModel
 from nemo.collections.asr.parts.preprocessing.perturb import AudioAugmentor
-from omegaconf import DictConfig, OmegaConf
 
-from nemo_tl.data.manifest import AUDIO_KEYS, iter_manifest_lines, resolve_audio_path
+from nemo_tl.config_checks import to_plain
+from nemo_tl.data.batches import AudioTextBatch, with_collate
+from nemo_tl.data.manifest import AUDIO_KEYS, flatten_manifest_filepath, iter_manifest_lines, resolve_audio_path
+from nemo_tl.data.mixing import MixedDataset
 from nemo_tl.distill.teachers import TeacherOutputs, freeze_teacher, has_uncertainty_head, teacher_outputs
 from nemo_tl.errors import input_error
 
 __all__ = [
+    "CachedTeacherBatch",
+    "CachedTeacherCollate",
     "TeacherCache",
     "build_cache",
     "cache_fingerprint",
+    "cached_teacher_loader",
     "main",
     "manifest_list",
     "model_hash",
+    "read_entries",
+    "teacher_cache_directories",
+    "utterance_datasets",
     "utterance_key",
+    "utterance_keys",
 ]
 
 FORMAT_VERSION = 2  # 2: audio file sizes and modification times in the fingerprint, entries.json
@@ -74,6 +83,80 @@ def utterance_key(sample: Any) -> str:
     """Cache key of a NeMo manifest entry (``dataset.get_manifest_sample(i)``): audio file, offset, duration."""
     text = f"{sample.audio_file}|{float(sample.offset or 0.0):.6f}|{sample.duration}"
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def utterance_keys(
+    datasets: Sequence[Any], sample_ids: torch.Tensor, manifest_ids: torch.Tensor | None = None
+) -> list[str]:
+    """Cache keys of a batch's utterances: utterance ``sample_ids[b]`` of ``datasets[manifest_ids[b]]``.
+
+    ``sample_ids`` and ``manifest_ids`` are (B,); without manifest ids every utterance is of ``datasets[0]``.
+    """
+    ids = sample_ids.tolist()
+    manifests = [0] * len(ids) if manifest_ids is None else manifest_ids.tolist()
+    return [utterance_key(datasets[m].get_manifest_sample(i)) for i, m in zip(ids, manifests)]
+
+
+def utterance_datasets(dataset: Any, where: str = "model.distillation.cache") -> list[Any]:
+    """The NeMo datasets a training loader's ``dataset`` draws utterances from (one per manifest when mixed).
+
+    InputError unless each is a map-style NeMo audio-text dataset: the cache keys its entries by
+    ``get_manifest_sample(sample_id)``.
+    """
+    datasets = list(getattr(dataset, "datasets", None) or [dataset])  # a MixedDataset holds one per manifest
+    for ds in datasets:
+        if not all(hasattr(ds, a) for a in ("get_manifest_sample", "featurizer", "return_sample_id")):
+            raise input_error(
+                f"a teacher cache needs map-style NeMo audio-text datasets, got {type(ds).__name__}",
+                where=where,
+                fix="train from plain (non-tarred, non-lhotse) manifests, or set cache: null to run the "
+                "teachers online",
+            )
+    return datasets
+
+
+def teacher_cache_directories(cache: str, num_teachers: int) -> list[str]:
+    """``cache/teacher_<k>`` for every teacher k: where ``model.distillation.cache`` keeps teacher k's outputs."""
+    return [os.path.join(cache, f"teacher_{k}") for k in range(num_teachers)]
+
+
+def _entry_file(directory: str, key: str) -> str:
+    return os.path.join(directory, "utts", key[:2], f"{key}.pt")
+
+
+def read_entries(directory: str, keys: Sequence[str], device: torch.device | str = "cpu") -> TeacherOutputs:
+    """The cached outputs of utterances ``keys`` in cache ``directory``, padded into a batch (B, T, V+1) / (B, D, T).
+
+    An utterance without an entry is an InputError naming the cache.
+    """
+    items = []
+    for key in keys:
+        path = _entry_file(directory, key)
+        if not os.path.isfile(path):
+            raise input_error(
+                f"utterance {key} is not in the teacher cache {directory!r}",
+                where="model.distillation.cache",
+                fix="rebuild the cache from the training manifests",
+            )
+        items.append(torch.load(path, map_location="cpu", weights_only=True))
+    lengths = torch.tensor([it["log_probs"].shape[0] for it in items], dtype=torch.long)
+
+    def pad_time(tensors: list[torch.Tensor], time_dim: int) -> torch.Tensor:
+        frames = max(t.shape[time_dim] for t in tensors)
+        padded = [
+            torch.nn.functional.pad(t, (0, 0, 0, frames - t.shape[0]) if time_dim == 0 else (0, frames - t.shape[1]))
+            for t in tensors
+        ]
+        return torch.stack(padded).to(device)
+
+    logvar = pad_time([it["logvar"] for it in items], 0) if "logvar" in items[0] else None
+    hidden = {int(b): pad_time([it["hidden"][b] for it in items], 1) for b in items[0].get("hidden", {})}
+    return TeacherOutputs(
+        log_probs=pad_time([it["log_probs"] for it in items], 0),
+        lengths=lengths.to(device),
+        logvar=logvar,
+        hidden=hidden,
+    )
 
 
 def model_hash(model: ASRModel) -> str:
@@ -119,19 +202,7 @@ def _audio_stats_hash(manifest: str) -> str:
     return h.hexdigest()
 
 
-def manifest_list(value: Any) -> list[str]:
-    """Manifest paths from a ``manifest_filepath`` value (a path, a comma-separated string or a list)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [p.strip() for p in value.split(",") if p.strip()]
-    if isinstance(value, Iterable):
-        return [p for item in value for p in manifest_list(item)]
-    return [str(value)]
-
-
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+manifest_list = flatten_manifest_filepath  # the name this module exports for the one parser of manifest_filepath
 
 
 def cache_fingerprint(
@@ -154,7 +225,7 @@ def cache_fingerprint(
     return {
         "version": FORMAT_VERSION,
         "teacher": model_hash(teacher),
-        "preprocessor": _plain(teacher.cfg.get("preprocessor")),
+        "preprocessor": to_plain(teacher.cfg.get("preprocessor")),
         "manifests": [
             {"path": os.path.abspath(p), "sha256": _file_hash(p), "audio": _audio_stats_hash(p)} for p in manifests
         ],
@@ -278,40 +349,11 @@ class TeacherCache:
         return os.path.isfile(os.path.join(directory, FINGERPRINT))
 
     def _file(self, key: str) -> str:
-        return os.path.join(self.directory, "utts", key[:2], f"{key}.pt")
+        return _entry_file(self.directory, key)
 
     def read(self, keys: Sequence[str], device: torch.device | str = "cpu") -> TeacherOutputs:
         """The cached outputs of utterances ``keys``, padded into a batch (B, T, V+1) / (B, D, T)."""
-        items = []
-        for key in keys:
-            path = self._file(key)
-            if not os.path.isfile(path):
-                raise input_error(
-                    f"utterance {key} is not in the teacher cache {self.directory!r}",
-                    where="model.distillation.cache",
-                    fix="rebuild the cache from the training manifests",
-                )
-            items.append(torch.load(path, map_location="cpu", weights_only=True))
-        lengths = torch.tensor([it["log_probs"].shape[0] for it in items], dtype=torch.long)
-
-        def pad_time(tensors: list[torch.Tensor], time_dim: int) -> torch.Tensor:
-            frames = max(t.shape[time_dim] for t in tensors)
-            padded = [
-                torch.nn.functional.pad(
-                    t, (0, 0, 0, frames - t.shape[0]) if time_dim == 0 else (0, frames - t.shape[1])
-                )
-                for t in tensors
-            ]
-            return torch.stack(padded).to(device)
-
-        logvar = pad_time([it["logvar"] for it in items], 0) if "logvar" in items[0] else None
-        hidden = {int(b): pad_time([it["hidden"][b] for it in items], 1) for b in items[0].get("hidden", {})}
-        return TeacherOutputs(
-            log_probs=pad_time([it["log_probs"] for it in items], 0),
-            lengths=lengths.to(device),
-            logvar=logvar,
-            hidden=hidden,
-        )
+        return read_entries(self.directory, keys, device)
 
     def write(self, key: str, outputs: TeacherOutputs, index: int) -> None:
         """Store utterance ``index`` of a batch of teacher outputs under ``key`` (atomically)."""
@@ -411,12 +453,103 @@ def build_cache(
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn
             )
-            for signal, signal_len, _, _, sample_ids in loader:
-                outputs = teacher_outputs(teacher, signal.to(device), signal_len.to(device), hidden_blocks)
-                for i, sample_id in enumerate(sample_ids.tolist()):
-                    cache.write(utterance_key(dataset.get_manifest_sample(sample_id)), outputs, i)
+            for collated in loader:
+                batch = AudioTextBatch.from_nemo(collated)
+                audio, audio_lens = batch.audio.to(device), batch.audio_lens.to(device)
+                outputs = teacher_outputs(teacher, audio, audio_lens, hidden_blocks)
+                for i, key in enumerate(utterance_keys([dataset], batch.sample_ids)):
+                    cache.write(key, outputs, i)
     cache.finish()
     return cache
+
+
+@dataclass
+class CachedTeacherBatch:
+    """The cached outputs of every teacher for one training batch: ``AudioTextBatch.teacher``, read by the loader."""
+
+    outputs: list[TeacherOutputs]
+
+    def _map(self, fn) -> list[TeacherOutputs]:
+        return [
+            replace(
+                o,
+                log_probs=fn(o.log_probs),
+                lengths=fn(o.lengths),
+                logvar=None if o.logvar is None else fn(o.logvar),
+                hidden={b: fn(h) for b, h in o.hidden.items()},
+            )
+            for o in self.outputs
+        ]
+
+    def pin_memory(self) -> CachedTeacherBatch:
+        """Page-locked copies (the DataLoader calls this with ``pin_memory: true``), for asynchronous copies."""
+        return CachedTeacherBatch(self._map(torch.Tensor.pin_memory))
+
+    def on_device(self, device: torch.device | str) -> list[TeacherOutputs]:
+        """The outputs on ``device`` (Lightning has usually moved them already).
+
+        Copies from pinned memory are asynchronous (``non_blocking``): the step does not wait for them.
+        """
+        device = torch.device(device)
+        if all(o.log_probs.device == device for o in self.outputs):
+            return list(self.outputs)
+        return self._map(lambda t: t.to(device, non_blocking=t.is_pinned()))
+
+
+class CachedTeacherCollate:
+    """The ``collate_fn`` of a distillation training loader: NeMo's batch, named, with every teacher's cached outputs.
+
+    Makes an :class:`~nemo_tl.data.batches.AudioTextBatch` whose ``sample_ids``, ``manifest_ids`` (of a
+    mixed loader) and ``teacher`` (a :class:`CachedTeacherBatch`) are filled, from what the loader
+    draws: a list of NeMo samples that carry their sample id (``return_sample_id``), or, from a mixed
+    loader (``mixed=True``), the ``(samples, manifest_ids)`` of a
+    :class:`~nemo_tl.data.mixing.MixedDataset`. Reading and padding the cache happens in the
+    DataLoader's workers, in parallel with training and prefetched, and Lightning moves the outputs
+    to the device with the batch.
+
+    Args:
+        collate_fn: NeMo's collate function of the datasets.
+        datasets: the dataset of each manifest index (one unless mixed).
+        directories: one cache directory per teacher; read as batches are drawn, so the caches may
+            be built (or checked) after the loader.
+        mixed: the loader draws ``(samples, manifest_ids)`` pairs.
+    """
+
+    def __init__(
+        self, collate_fn: Any, datasets: Sequence[Any], directories: Sequence[str], *, mixed: bool = False
+    ) -> None:
+        self.collate_fn, self.datasets, self.directories = collate_fn, list(datasets), list(directories)
+        self.mixed = mixed
+
+    def __call__(self, item: Any) -> AudioTextBatch:
+        samples, manifests = item if self.mixed else (item, None)
+        manifest_ids = None if manifests is None else torch.as_tensor(manifests, dtype=torch.long)
+        batch = AudioTextBatch.from_nemo(self.collate_fn(samples), manifest_ids=manifest_ids)
+        if batch.sample_ids is None:
+            raise ValueError("the datasets of a teacher-cache loader must return sample ids (return_sample_id)")
+        keys = utterance_keys(self.datasets, batch.sample_ids, batch.manifest_ids)
+        return batch._replace(teacher=CachedTeacherBatch([read_entries(d, keys) for d in self.directories]))
+
+
+def cached_teacher_loader(
+    loader: torch.utils.data.DataLoader, directories: Sequence[str], where: str = "model.distillation.cache"
+) -> torch.utils.data.DataLoader:
+    """``loader`` (NeMo's, or a mixed one) drawing the same batches through a :class:`CachedTeacherCollate`.
+
+    Its datasets must return sample ids (``return_sample_id: true``). One NeMo dataset that joins
+    several (``is_concat``) is an InputError: its batches do not say which one each utterance is of.
+    """
+    datasets = utterance_datasets(loader.dataset, where)
+    mixed = isinstance(loader.dataset, MixedDataset)
+    if len(datasets) > 1 and not mixed:
+        raise input_error(
+            f"the training data joins {len(datasets)} datasets, but the batches do not say which one each "
+            "utterance comes from",
+            where="model.train_ds",
+            fix="join several manifests with train_ds.mixing (nemo_tl's mixed loader), or set cache: null",
+        )
+    collate = CachedTeacherCollate(datasets[0].collate_fn, datasets, directories, mixed=mixed)
+    return with_collate(loader, collate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -473,56 +606,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-@dataclass
-class CachedTeacherBatch:
-    """The cached outputs of every teacher for one training batch, attached to it by the loader."""
-
-    outputs: list[TeacherOutputs]
-
-    def _map(self, fn) -> list[TeacherOutputs]:
-        return [
-            replace(
-                o,
-                log_probs=fn(o.log_probs),
-                lengths=fn(o.lengths),
-                logvar=None if o.logvar is None else fn(o.logvar),
-                hidden={b: fn(h) for b, h in o.hidden.items()},
-            )
-            for o in self.outputs
-        ]
-
-    def pin_memory(self) -> CachedTeacherBatch:
-        """Page-locked copies (the DataLoader calls this with ``pin_memory: true``), for asynchronous copies."""
-        return CachedTeacherBatch(self._map(torch.Tensor.pin_memory))
-
-    def on_device(self, device: torch.device | str) -> list[TeacherOutputs]:
-        """The outputs on ``device`` (Lightning has usually moved them already).
-
-        Copies from pinned memory are asynchronous (``non_blocking``): the step does not wait for them.
-        """
-        device = torch.device(device)
-        if all(o.log_probs.device == device for o in self.outputs):
-            return list(self.outputs)
-        return self._map(lambda t: t.to(device, non_blocking=t.is_pinned()))
-
-
-class CachedTeacherCollate:
-    """A loader ``collate_fn`` that appends every teacher's cached outputs to the collated batch.
-
-    Reading and padding the cache then happens in the DataLoader workers, in parallel with
-    training and prefetched, and Lightning moves the outputs to the device with the batch.
-    Batches must carry sample ids (index 4) and, when several datasets are joined, the
-    manifest index of each utterance (index 5).
-    """
-
-    def __init__(self, collate_fn: Any, caches: Sequence[TeacherCache], datasets: Sequence[Any]):
-        self.collate_fn, self.caches, self.datasets = collate_fn, list(caches), list(datasets)
-
-    def __call__(self, samples: Any) -> tuple:
-        batch = tuple(self.collate_fn(samples))
-        sample_ids = batch[4].tolist()
-        manifests = batch[5].tolist() if len(batch) > 5 else [0] * len(sample_ids)
-        keys = [utterance_key(self.datasets[m].get_manifest_sample(i)) for i, m in zip(sample_ids, manifests)]
-        return (*batch, CachedTeacherBatch([cache.read(keys) for cache in self.caches]))

@@ -2,49 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
+from nemo_tl.config_checks import checked_choice, checked_flag, checked_int_list, checked_number, checked_section
 from nemo_tl.distill.objective import TEACHER_WEIGHTINGS, KDWeights
 from nemo_tl.errors import input_error
 
 __all__ = ["DistillationConfig", "HiddenKDConfig"]
 
 WHERE = "model.distillation"
+_BLOCKS_FIX = "e.g. student_blocks: [2] with teacher_blocks: [8]"
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-
-
-def _number(value: Any, key: str, *, positive: bool = False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or value < 0 or (positive and value == 0):
-        raise input_error(
-            f"must be a number {'> 0' if positive else '>= 0'}, got {value!r}",
-            where=f"{WHERE}.{key}",
-            fix="see conf/distill_ctc.yaml for the defaults (α = 2.5, β = 1 as Kim et al.)",
-        )
-    return float(value)
-
-
-def _flag(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise input_error(f"must be true or false, got {value!r}", where=f"{WHERE}.{key}")
-    return value
-
-
-def _blocks(value: Any, key: str) -> tuple[int, ...]:
-    value = [] if value is None else value
-    if not isinstance(value, list | tuple) or any(isinstance(b, bool) or not isinstance(b, int) for b in value):
-        raise input_error(
-            f"must be a list of encoder block indices, got {value!r}",
-            where=f"{WHERE}.hidden.{key}",
-            fix="e.g. student_blocks: [2] with teacher_blocks: [8]",
-        )
-    return tuple(value)
+def _kd_number(value: Any, where: str, *, positive: bool = False) -> float:
+    """T, α, β, φ, w_h: finite and ≥ 0 (T > 0)."""
+    fix = "see conf/distill_ctc.yaml for the defaults (α = 2.5, β = 1 as Kim et al.)"
+    return checked_number(value, where, positive=positive, finite=True, fix=fix)
 
 
 @dataclass(frozen=True)
@@ -85,7 +59,6 @@ class DistillationConfig:
     @classmethod
     def from_section(cls, section: Any) -> DistillationConfig:
         """Validate a ``distillation`` section (DictConfig, dict) and fill defaults."""
-        section = _plain(section)
         if section is None:
             raise input_error(
                 "the distillation section is missing",
@@ -93,12 +66,9 @@ class DistillationConfig:
                 fix="add model.distillation with at least `teachers: [{model: teacher.nemo, weight: 1.0}]` "
                 "(see conf/distill_ctc.yaml)",
             )
-        if not isinstance(section, dict):
-            raise input_error(f"must be a mapping, got {type(section).__name__}", where=WHERE)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise input_error(f"unknown key(s) {', '.join(unknown)}", where=WHERE, fix=f"use only {sorted(known)}")
+        section = checked_section(
+            section, WHERE, [f.name for f in fields(cls)], fix="write distillation: {teachers: [{model: t.nemo}]}"
+        )
         teachers = section.get("teachers")
         if not isinstance(teachers, list) or not teachers:
             raise input_error(
@@ -106,54 +76,58 @@ class DistillationConfig:
                 where=f"{WHERE}.teachers",
                 fix="list at least one teacher, e.g. teachers: [{model: teacher.nemo, weight: 1.0}]",
             )
-        weighting = section.get("teacher_weighting", "fixed")
-        if weighting not in TEACHER_WEIGHTINGS:
-            raise input_error(
-                f"unknown teacher_weighting {weighting!r}",
-                where=f"{WHERE}.teacher_weighting",
-                fix=f"use one of {', '.join(TEACHER_WEIGHTINGS)}",
-            )
-        hidden = section.get("hidden") or {}
-        if not isinstance(hidden, dict) or set(hidden) - {f.name for f in fields(HiddenKDConfig)}:
-            raise input_error(
-                f"hidden must be {{student_blocks, teacher_blocks, weight}}, got {hidden!r}",
-                where=f"{WHERE}.hidden",
-                fix="e.g. hidden: {student_blocks: [2], teacher_blocks: [8], weight: 0.1}",
-            )
+        hidden_where = f"{WHERE}.hidden"
+        hidden = checked_section(
+            section.get("hidden"), hidden_where, [f.name for f in fields(HiddenKDConfig)],
+            fix="e.g. hidden: {student_blocks: [2], teacher_blocks: [8], weight: 0.1}",
+        )
         hidden_cfg = HiddenKDConfig(
-            student_blocks=_blocks(hidden.get("student_blocks"), "student_blocks"),
-            teacher_blocks=_blocks(hidden.get("teacher_blocks"), "teacher_blocks"),
-            weight=_number(hidden.get("weight", 0.0) or 0.0, "hidden.weight"),
+            student_blocks=checked_int_list(hidden.get("student_blocks"), f"{hidden_where}.student_blocks",
+                                            fix=_BLOCKS_FIX),
+            teacher_blocks=checked_int_list(hidden.get("teacher_blocks"), f"{hidden_where}.teacher_blocks",
+                                            fix=_BLOCKS_FIX),
+            weight=_kd_number(hidden.get("weight") or 0.0, f"{hidden_where}.weight"),
             projections=tuple(tuple(int(x) for x in p) for p in hidden.get("projections") or ()),
         )
         if len(hidden_cfg.student_blocks) != len(hidden_cfg.teacher_blocks):
             raise input_error(
                 f"student_blocks {list(hidden_cfg.student_blocks)} and teacher_blocks "
                 f"{list(hidden_cfg.teacher_blocks)} must pair up (same length)",
-                where=f"{WHERE}.hidden",
+                where=hidden_where,
                 fix="list one teacher block per student block",
             )
         if hidden_cfg.weight > 0 and not hidden_cfg.student_blocks:
             raise input_error(
                 "hidden.weight > 0 but no blocks are paired",
-                where=f"{WHERE}.hidden",
+                where=hidden_where,
                 fix="list student_blocks and teacher_blocks, or set hidden.weight: 0",
             )
         cache = section.get("cache")
         if cache is not None and (not isinstance(cache, str) or not cache):
-            raise input_error(f"must be a directory path or null, got {cache!r}", where=f"{WHERE}.cache")
+            raise input_error(
+                f"must be a directory path or null, got {cache!r}",
+                where=f"{WHERE}.cache",
+                fix="give a directory for the teachers' cached outputs, or null to run the teachers in every step",
+            )
         return cls(
             teachers=tuple(teachers),
-            temperature=_number(section.get("temperature", 1.0), "temperature", positive=True),
-            alpha=_number(section.get("alpha", 2.5), "alpha"),
-            beta=_number(section.get("beta", 1.0), "beta"),
-            hard_label_weight=_number(section.get("hard_label_weight", 1.0), "hard_label_weight"),
-            uncertainty=_flag(section.get("uncertainty", False), "uncertainty"),
-            conditional=_flag(section.get("conditional", False), "conditional"),
-            teacher_weighting=weighting,
+            temperature=_kd_number(section.get("temperature", 1.0), f"{WHERE}.temperature", positive=True),
+            alpha=_kd_number(section.get("alpha", 2.5), f"{WHERE}.alpha"),
+            beta=_kd_number(section.get("beta", 1.0), f"{WHERE}.beta"),
+            hard_label_weight=_kd_number(section.get("hard_label_weight", 1.0), f"{WHERE}.hard_label_weight"),
+            uncertainty=checked_flag(section.get("uncertainty", False), f"{WHERE}.uncertainty"),
+            conditional=checked_flag(section.get("conditional", False), f"{WHERE}.conditional"),
+            teacher_weighting=checked_choice(
+                section.get("teacher_weighting", "fixed"), TEACHER_WEIGHTINGS, f"{WHERE}.teacher_weighting",
+                what="teacher_weighting",
+            ),
             hidden=hidden_cfg,
             cache=cache,
         )
+
+    def with_projections(self, projections: tuple[tuple[int, int, int, int, int], ...]) -> DistillationConfig:
+        """This config with ``hidden.projections`` set (written by the model once it knows the widths)."""
+        return replace(self, hidden=replace(self.hidden, projections=tuple(tuple(p) for p in projections)))
 
     @property
     def weights(self) -> KDWeights:

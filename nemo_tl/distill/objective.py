@@ -17,7 +17,8 @@ import torch
 
 from nemo_tl.distill.teachers import TeacherOutputs
 from nemo_tl.errors import input_error
-from nemo_tl.losses.kd import frame_mask, hidden_kd_loss, token_kd_loss, uncertainty_kd_loss
+from nemo_tl.losses.kd import hidden_kd_loss, token_kd_loss, uncertainty_kd_loss
+from nemo_tl.losses.masks import frame_mask
 
 __all__ = [
     "KDWeights",

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from nemo.collections.asr.models import ASRModel
 
+from nemo_tl.compat import preprocessor_sample_rate
 from nemo_tl.errors import input_error
 from nemo_tl.modules.uncertainty_decoder import UncertaintyConvASRDecoder
 from nemo_tl.transfer.base import load_base_model
@@ -120,7 +121,7 @@ def load_teachers(specs: Sequence[Any] | None, *, where: str = TEACHERS_KEY) -> 
 
 # ---------------------------------------------------------------------------- frame rate
 def _sample_rate(model: ASRModel) -> int | None:
-    rate = getattr(model.preprocessor, "_sample_rate", None) or model.cfg.get("sample_rate")
+    rate = preprocessor_sample_rate(model.preprocessor) or model.cfg.get("sample_rate")
     return None if rate is None else int(rate)
 
 

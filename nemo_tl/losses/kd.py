@@ -16,37 +16,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nemo_tl.errors import input_error
+from nemo_tl.losses.masks import frame_mask
 
 __all__ = ["frame_mask", "hidden_kd_loss", "token_kd_loss", "uncertainty_kd_loss"]
 
 _REDUCTIONS = ("mean_batch", "none")
 
 
-def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Boolean mask (B, T) that is True on the first ``lengths[b]`` frames of utterance b."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths.to(torch.long)[:, None]
-
-
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tensor, what: str, layout: str) -> None:
     if student.dim() != 3 or student.shape != teacher.shape:
-        raise input_error(
-            f"student {what} {tuple(student.shape)} and teacher {what} {tuple(teacher.shape)} must both be {layout}",
-            where=what,
-            fix="distil only between models with the same vocabulary and frame rate, and pass whole batches",
+        raise ValueError(
+            f"student {what} {tuple(student.shape)} and teacher {what} {tuple(teacher.shape)} must both be {layout}"
         )
     if lengths.dim() != 1 or lengths.shape[0] != student.shape[0]:
-        raise input_error(
-            f"lengths {tuple(lengths.shape)} must be (B,) with B = {student.shape[0]}",
-            where=what,
-            fix="pass the encoder output lengths of the batch",
-        )
+        raise ValueError(f"lengths {tuple(lengths.shape)} must be (B,) with B = {student.shape[0]} ({what} {layout})")
 
 
 def _reduce(per_frame: torch.Tensor, lengths: torch.Tensor, reduction: str) -> torch.Tensor:
     """Mask (B, T) per-frame losses, sum over frames, then average over the batch (or not)."""
     if reduction not in _REDUCTIONS:
-        raise input_error(f"unknown reduction {reduction!r}", where="reduction", fix=f"use one of {_REDUCTIONS}")
+        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}")
     mask = frame_mask(lengths, per_frame.shape[1])
     per_utt = per_frame.masked_fill(~mask, 0.0).sum(dim=1)
     return per_utt.mean() if reduction == "mean_batch" else per_utt
@@ -74,10 +63,8 @@ def token_kd_loss(
         reduction: ``"mean_batch"`` (scalar) or ``"none"`` (B,) per-utterance sums.
     """
     _check_pair(student_logits, teacher_logits, lengths, "logits", "(B, T, V)")
-    if temperature <= 0:
-        raise input_error(
-            f"temperature must be > 0, got {temperature}", where="temperature", fix="use e.g. 1.0 or 2.0"
-        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     t = float(temperature)
     teacher_p = F.softmax(teacher_logits.detach().float() / t, dim=-1)
     student_logp = F.log_softmax(student_logits.float() / t, dim=-1)
@@ -138,12 +125,10 @@ def hidden_kd_loss(
     if projection is not None:
         student_hidden = projection(student_hidden)
     if student_hidden.dim() != 3 or student_hidden.shape != teacher_hidden.shape:
-        raise input_error(
+        raise ValueError(
             f"student hidden {tuple(student_hidden.shape)} and teacher hidden {tuple(teacher_hidden.shape)} "
-            "must both be (B, D, T) with the same D and T",
-            where="hidden",
-            fix="pick blocks with the same frame rate, and pass a projection (e.g. Conv1d(D_s, D_t, 1)) "
-            "when the widths differ",
+            "must both be (B, D, T) with the same D and T (pass a projection, e.g. Conv1d(D_s, D_t, 1), "
+            "when the widths differ)"
         )
     _check_pair(student_hidden, teacher_hidden, lengths, "hidden", "(B, D, T)")
     per_frame = (student_hidden.float() - teacher_hidden.detach().float()).pow(2).mean(dim=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nemo_tl.losses.masks import frame_mask
+
 __all__ = ["frame_lid_loss"]
 
 
@@ -22,8 +24,13 @@ def frame_lid_loss(logits: torch.Tensor, lengths: torch.Tensor, lang_ids: torch.
     Returns:
         Scalar: the mean CE over all valid frames of the batch (0 when there are none).
     """
+    if logits.dim() != 3 or lengths.shape != (logits.shape[0],) or lang_ids.shape != (logits.shape[0],):
+        raise ValueError(
+            f"logits {tuple(logits.shape)}, lengths {tuple(lengths.shape)} and lang_ids {tuple(lang_ids.shape)} "
+            "must be (B, T, L), (B,) and (B,)"
+        )
     batch, frames, _ = logits.shape
-    valid = torch.arange(frames, device=logits.device).unsqueeze(0) < lengths.to(logits.device).unsqueeze(1)
+    valid = frame_mask(lengths.to(logits.device), frames)
     targets = lang_ids.to(logits.device).long().unsqueeze(1).expand(batch, frames)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     ce = ce.view(batch, frames) * valid

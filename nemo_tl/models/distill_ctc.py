@@ -15,20 +15,22 @@ student restores (through NeMo's ``restore_from``) without loading them.
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from lightning.pytorch import Trainer
+from nemo.collections.asr.models import ASRModel
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nemo_tl.data.batches import AudioTextBatch
 from nemo_tl.distill.cache import (
-    CachedTeacherBatch,
-    CachedTeacherCollate,
     TeacherCache,
     build_cache,
+    cached_teacher_loader,
     manifest_list,
-    utterance_key,
+    teacher_cache_directories,
+    utterance_datasets,
+    utterance_keys,
 )
 from nemo_tl.distill.config import DistillationConfig
 from nemo_tl.distill.objective import (
@@ -67,9 +69,9 @@ class DistillCTCModel(TransferCTCModel):
     ``ctc_loss``, ``tok_kd_loss``, ``unc_kd_loss`` and ``hidden_kd_loss``.
     """
 
-    def __init__(self, cfg: DictConfig, trainer: Trainer | None = None):
+    def __init__(self, cfg: DictConfig, trainer: Trainer | None = None, *, base_model: ASRModel | None = None):
         distillation = DistillationConfig.from_section(OmegaConf.create(cfg).get("distillation"))
-        super().__init__(cfg=cfg, trainer=trainer)
+        super().__init__(cfg=cfg, trainer=trainer, base_model=base_model)
         self._teachers: list[Teacher] = []
         self._caches: list[TeacherCache] = []
         self._set_distillation(distillation)
@@ -119,8 +121,7 @@ class DistillCTCModel(TransferCTCModel):
                     self._add_projection(k, s_block, t_block, d_s, d_t)
                     projections.append((k, s_block, t_block, d_s, d_t))
         if len(projections) != len(dist.hidden.projections):
-            hidden = {**dist.as_section()["hidden"], "projections": [list(p) for p in projections]}
-            self._set_distillation(DistillationConfig.from_section({**dist.as_section(), "hidden": hidden}))
+            self._set_distillation(dist.with_projections(tuple(projections)))
         self._prepare_caches()
 
     def _add_projection(self, k: int, s_block: int, t_block: int, d_s: int, d_t: int) -> None:
@@ -141,36 +142,27 @@ class DistillCTCModel(TransferCTCModel):
 
     # ------------------------------------------------------------------ data and caches
     def setup_training_data(self, train_data_config: DictConfig | dict | None):
-        """NeMo's training data; with a teacher cache the batches also carry sample ids.
+        """NeMo's training data; with a teacher cache, its batches carry the teachers' outputs by name.
 
-        With a cache, batches are (audio, lengths, transcripts, lengths, sample ids) and, for
-        mixed manifests (``train_ds.mixing``), the manifest index of each utterance last.
+        With ``distillation.cache`` the loader's datasets return sample ids, and the collate function
+        the loader is built with (:class:`~nemo_tl.distill.cache.CachedTeacherCollate`) makes every
+        batch an :class:`~nemo_tl.data.batches.AudioTextBatch` whose ``teacher`` holds every teacher's
+        cached outputs, read in the loader's workers by sample id (and manifest id, for mixed
+        manifests). The caches themselves are built or checked when the teachers load.
         """
         section = self._cfg.get("distillation") if self._cfg is not None else None
-        cached = train_data_config is not None and section is not None and bool(section.get("cache"))
-        if cached:
+        cache = section.get("cache") if section is not None else None
+        if train_data_config is not None and cache:
             if not isinstance(train_data_config, DictConfig):
                 train_data_config = OmegaConf.create(train_data_config)
             with open_dict(train_data_config):
                 train_data_config.return_sample_id = True
-        self.mixing_returns_manifest_index = cached
         super().setup_training_data(train_data_config)
+        if cache and self._train_dl is not None:
+            directories = teacher_cache_directories(cache, len(section.get("teachers") or ()))
+            self._train_dl = cached_teacher_loader(self._train_dl, directories)
         if getattr(self, "_teachers", None):
             self._prepare_caches()
-
-    def _utterance_datasets(self) -> list[Any]:
-        """The NeMo datasets training utterances come from (one per manifest when mixing)."""
-        dataset = getattr(self._train_dl, "dataset", None)
-        datasets = list(getattr(dataset, "datasets", None) or [dataset])  # a MixedDataset holds one per manifest
-        for ds in datasets:
-            if not all(hasattr(ds, a) for a in ("get_manifest_sample", "featurizer", "return_sample_id")):
-                raise input_error(
-                    f"a teacher cache needs map-style NeMo audio-text datasets, got {type(ds).__name__}",
-                    where="model.distillation.cache",
-                    fix="train from plain (non-tarred, non-lhotse) manifests, or set cache: null to run the "
-                    "teachers online",
-                )
-        return datasets
 
     def _prepare_caches(self) -> None:
         """Open (or build, the first time) ``cache/teacher_<k>`` for every teacher."""
@@ -178,14 +170,15 @@ class DistillCTCModel(TransferCTCModel):
         self._caches = []
         if dist.cache is None or self._train_dl is None:
             return
-        datasets = self._utterance_datasets()
+        datasets = utterance_datasets(self._train_dl.dataset)
         train_ds = self.cfg.train_ds
-        for k, teacher in enumerate(self._teachers):
+        directories = teacher_cache_directories(dist.cache, len(self._teachers))
+        for k, (teacher, directory) in enumerate(zip(self._teachers, directories)):
             self._caches.append(
                 build_cache(
                     teacher.model,
                     manifest_list(train_ds.manifest_filepath),
-                    os.path.join(dist.cache, f"teacher_{k}"),
+                    directory,
                     sample_rate=train_ds.get("sample_rate", self.cfg.get("sample_rate")),
                     trim_silence=bool(train_ds.get("trim_silence", False)),
                     hidden_blocks=[t for _, t in dist.hidden.pairs],
@@ -193,37 +186,32 @@ class DistillCTCModel(TransferCTCModel):
                     where=f"model.distillation.cache (teacher {k})",
                 )
             )
-        # Read the cache in the loader's workers (parallel, prefetched), not in the training step.
-        collate = self._train_dl.collate_fn
-        collate = collate.collate_fn if isinstance(collate, CachedTeacherCollate) else collate
-        self._train_dl.collate_fn = CachedTeacherCollate(collate, self._caches, datasets)
 
-    def _teacher_batch(self, batch: Any) -> list[TeacherOutputs]:
-        """Every teacher's outputs on a training batch: from the caches by sample id, or online."""
-        signal, signal_len = batch[0], batch[1]
-        if isinstance(batch[-1], CachedTeacherBatch):
-            return batch[-1].on_device(signal.device)
+    def _teacher_batch(self, batch: AudioTextBatch) -> list[TeacherOutputs]:
+        """Every teacher's outputs on a training batch: as its loader read them from the caches, else
+        from the caches by sample id, else from the teachers run on its audio."""
+        device = batch.audio.device
+        if batch.teacher is not None:
+            return batch.teacher.on_device(device)
         if self._caches:
-            if len(batch) < 5:
+            if batch.sample_ids is None:
                 raise input_error(
                     "the training batches carry no sample ids, so the teacher cache cannot be looked up",
                     where="model.train_ds",
                     fix="let DistillCTCModel build the training data (it sets return_sample_id: true)",
                 )
-            datasets = self._utterance_datasets()
-            sample_ids = batch[4].tolist()
-            if len(batch) < 6 and len(datasets) > 1:
+            datasets = utterance_datasets(self._train_dl.dataset)
+            if batch.manifest_ids is None and len(datasets) > 1:
                 raise input_error(
-                    f"the training data joins {len(datasets)} datasets, but the batches do not say which one each "
-                    "utterance comes from",
+                    f"the training data joins {len(datasets)} datasets, but the batches do not say which one "
+                    "each utterance comes from",
                     where="model.train_ds",
                     fix="join several manifests with train_ds.mixing (nemo_tl's mixed loader), or set cache: null",
                 )
-            manifests = batch[5].tolist() if len(batch) > 5 else [0] * len(sample_ids)
-            keys = [utterance_key(datasets[m].get_manifest_sample(i)) for i, m in zip(sample_ids, manifests)]
-            return [cache.read(keys, device=signal.device) for cache in self._caches]
+            keys = utterance_keys(datasets, batch.sample_ids, batch.manifest_ids)
+            return [cache.read(keys, device=device) for cache in self._caches]
         blocks = [t for _, t in self._distillation.hidden.pairs]
-        return [teacher_outputs(t.model, signal, signal_len, blocks) for t in self._teachers]
+        return [teacher_outputs(t.model, batch.audio, batch.audio_lens, blocks) for t in self._teachers]
 
     def _teacher_weights(
         self, outputs: list[TeacherOutputs], transcript: torch.Tensor, transcript_len: torch.Tensor
@@ -246,14 +234,16 @@ class DistillCTCModel(TransferCTCModel):
         )
 
     # ------------------------------------------------------------------ training
-    def distillation_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """The loss and its parts on one batch: audio, lengths, transcripts, lengths[, sample ids[, manifest ids]].
+    def distillation_step(self, batch: AudioTextBatch | Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss and its parts on one batch: an :class:`~nemo_tl.data.batches.AudioTextBatch`, or NeMo's
+        ``(audio, audio_len, tokens, tokens_len[, sample_ids])``.
 
         Queued in the order that keeps the GPU busy: student forward, teacher forwards (online),
         KD terms, and NeMo's CTC loss last: its kernel reads the target lengths on the host, so
         the host waits there for everything queued before it.
         """
-        signal, signal_len, transcript, transcript_len = batch[:4]
+        batch = AudioTextBatch.from_nemo(batch)
+        signal, signal_len, transcript, transcript_len = batch.nemo
         dist = self._distillation
         pairs = dist.hidden.pairs
         with capture_encoder_blocks(self, [s for s, _ in pairs]) as student_hidden:

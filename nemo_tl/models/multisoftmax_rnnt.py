@@ -11,13 +11,12 @@ one of the paper's three models, trained from the same manifests with the same s
 
 An optional LID head on the encoder output is trained with frame-level CE
 (loss = RNN-T + ``lid.weight`` · CE) and drives LID-free decoding with early stopping
-(:mod:`nemo_tl.decoding.lid_free`). Every manifest line carries ``lang``; batches carry a
-language index per utterance as their fifth element.
+(:mod:`nemo_tl.decoding.lid_free`). Every manifest line carries ``lang``; batches are
+:class:`~nemo_tl.data.batches.LanguageBatch` tuples, with each utterance's language index in ``lang_ids``.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Trainer
-from nemo.collections.asr.data.audio_to_text import _AudioTextDataset, _speech_collate_fn
 from nemo.collections.asr.losses.rnnt import RNNTLoss
 from nemo.collections.asr.metrics.wer import WER
 from nemo.collections.asr.models.rnnt_models import EncDecRNNTModel
@@ -37,18 +35,36 @@ from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_o
 from nemo.collections.common.parts.optional_cuda_graphs import WithOptionalCudaGraphs
 from nemo.collections.common.parts.preprocessing.parsers import make_parser
 from nemo.utils import logging, model_utils
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nemo_tl.compat import (
+    AudioTextDataset,
+    avoid_conditional_graphs,
+    ddp_find_unused_parameters,
+    metric_sync_disabled,
+    preprocessor_sample_rate,
+    speech_collate_fn,
+)
+from nemo_tl.config_checks import checked_number
+from nemo_tl.data.batches import LanguageBatch
 from nemo_tl.data.frames import model_encoder_frames
 from nemo_tl.data.manifest import flatten_manifest_filepath, read_manifest
-from nemo_tl.data.texts import expand_labels
 from nemo_tl.data.validate import check_dataset_config
 from nemo_tl.decoding.lid_free import average_posteriors, choose_language, early_stopping
 from nemo_tl.decoding.stacked import StackedLanguageDecoding
 from nemo_tl.errors import input_error
 from nemo_tl.losses.lid import frame_lid_loss
 from nemo_tl.models.mixins import ManifestDataMixin
-from nemo_tl.modules.multisoftmax import LIDHead, MultiSoftmaxDecoder, MultiSoftmaxJoint
+from nemo_tl.modules.multisoftmax import LIDHead
+from nemo_tl.multilingual.config import (
+    ARCHITECTURES,
+    MULTILINGUAL_KEYS,
+    NEMO_DECODER,
+    NEMO_JOINT,
+    MultilingualConfig,
+    prepare_multilingual_config,
+)
+from nemo_tl.training import AtomicSaveMixin, ResumeRNGState, SkipNonFiniteStepMixin
 
 __all__ = [
     "ARCHITECTURES",
@@ -59,221 +75,7 @@ __all__ = [
     "prepare_multilingual_config",
 ]
 
-ARCHITECTURES = ("multisoftmax", "vanilla", "onehot")
-_NEMO_DECODER = "nemo.collections.asr.modules.RNNTDecoder"
-_NEMO_JOINT = "nemo.collections.asr.modules.RNNTJoint"
-_MS_DECODER = f"{MultiSoftmaxDecoder.__module__}.{MultiSoftmaxDecoder.__name__}"
-_MS_JOINT = f"{MultiSoftmaxJoint.__module__}.{MultiSoftmaxJoint.__name__}"
 _BATCH_NORMS = (torch.nn.modules.batchnorm._BatchNorm,)  # batch statistics shared across utterances
-_OWN_KEYS = (
-    "languages", "architecture", "language_specific_prediction", "lid", "lid_free", "freeze_batch_norm_after",
-    "cuda_graphs_mode",
-)
-GRAPHS_MODES = ("no_while_loops", "full_graph")
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-
-
-def _languages_from_config(value: Any) -> dict[str, list[str]]:
-    """``model.languages`` as an ordered ``{lang: labels}``; raises InputError on bad input.
-
-    Accepts the mapping form ``{en: {labels: [...]}}`` and the list form
-    ``[{name: en, labels: [...]}, ...]`` (where a language can be given twice by mistake).
-    """
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    if not value:
-        raise input_error(
-            "no languages given",
-            where="model.languages",
-            fix="list the languages in LID order, e.g. languages: {en: {labels: [' ', a, b]}, hi: {labels: [...]}}",
-        )
-    if isinstance(value, Mapping):
-        items = list(value.items())
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        items = []
-        for i, item in enumerate(value):
-            if not isinstance(item, Mapping) or "name" not in item:
-                raise input_error(
-                    f"entry {i} is {item!r}, not {{name: ..., labels: [...]}}",
-                    where=f"model.languages[{i}]",
-                    fix="give each language as {name: <code>, labels: [...]}",
-                )
-            items.append((item["name"], item))
-    else:
-        raise input_error(
-            f"must be a mapping of languages, got {value!r}",
-            where="model.languages",
-            fix="write languages: {en: {labels: [...]}, hi: {labels: [...]}}",
-        )
-    out: dict[str, list[str]] = {}
-    for name, spec in items:
-        key = str(name)
-        where = f"model.languages.{key}"
-        if key in out or key.strip().lower() in {k.strip().lower() for k in out}:
-            raise input_error(
-                f"language {key!r} is given twice",
-                where="model.languages",
-                fix="give every language once (the order is the LID class index)",
-            )
-        labels = spec.get("labels") if isinstance(spec, Mapping) else spec
-        labels = expand_labels(labels, where=f"{where}.labels")  # a language code: its alphabet
-        if labels is not None and not isinstance(labels, (list, tuple)):
-            raise input_error(
-                f"labels of {key!r} must be a list of characters, got {labels!r}",
-                where=f"{where}.labels",
-                fix="list the language's characters, e.g. labels: [' ', a, b, c]",
-            )
-        if not labels:
-            raise input_error(
-                f"language {key!r} has an empty label list",
-                where=f"{where}.labels",
-                fix="list the language's characters, e.g. labels: [' ', a, b, c]",
-            )
-        labels = [str(c) for c in labels]
-        dups = sorted({c for c in labels if labels.count(c) > 1})
-        if dups:
-            raise input_error(
-                f"labels given twice: {', '.join(repr(c) for c in dups)}",
-                where=f"{where}.labels",
-                fix="list every label once",
-            )
-        out[key] = labels
-    return out
-
-
-def _union(vocabularies: Mapping[str, Sequence[str]]) -> list[str]:
-    """The union of the languages' labels, in first-seen order (the vanilla/onehot softmax)."""
-    return list(dict.fromkeys(c for labels in vocabularies.values() for c in labels))
-
-
-def _section(cfg: DictConfig, key: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``model.<key>`` with its defaults filled in; InputError on a key it does not know."""
-    value = cfg.get(key)
-    if value is None:
-        return dict(defaults)
-    if not isinstance(value, (Mapping, DictConfig)):
-        raise input_error(
-            f"must be a mapping, got {value!r}", where=f"model.{key}", fix=f"write {key}: {dict(defaults)}"
-        )
-    value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
-    unknown = sorted(set(value) - set(defaults))
-    if unknown:
-        raise input_error(
-            f"unknown key(s) {', '.join(unknown)}",
-            where=f"model.{key}.{unknown[0]}",
-            fix=f"use the keys {', '.join(defaults)}",
-        )
-    return {**defaults, **value}
-
-
-def _number(value: Any, where: str, what: str) -> float:
-    """``value`` as a float ≥ 0 (inf allowed); InputError naming ``where`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) >= 0:
-        raise input_error(f"must be a number ≥ 0, got {value!r}", where=where, fix=f"give {what}")
-    return float(value)
-
-
-def _check_fused_joint(joint: Mapping[str, Any] | None) -> None:
-    """NeMo's fused joint (``joint.fuse_loss_wer``) needs ``joint.fused_batch_size`` ≥ 1; InputError otherwise."""
-    joint = joint or {}
-    fused = joint.get("experimental_fuse_loss_wer")  # NeMo's deprecated name wins when given
-    fused = joint.get("fuse_loss_wer", False) if fused is None else fused
-    if not isinstance(fused, bool):
-        raise input_error(f"must be true or false, got {fused!r}", where="model.joint.fuse_loss_wer", fix="false")
-    size = joint.get("fused_batch_size")
-    if fused and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise input_error(
-            f"fuse_loss_wer needs a whole number of utterances ≥ 1, got {size!r}",
-            where="model.joint.fused_batch_size",
-            fix="set fused_batch_size: 4 (utterances per joint sub-batch), or fuse_loss_wer: false",
-        )
-
-
-def prepare_multilingual_config(cfg: DictConfig) -> DictConfig:
-    """Validate the multilingual keys and derive what NeMo's RNN-T model builds from.
-
-    Checks ``model.languages``, ``model.architecture``, ``model.lid``, ``model.lid_free`` and the
-    fused-joint keys of ``model.joint`` (InputError naming the key), normalizes ``languages`` to
-    ``{lang: {labels: [...]}}`` and sets ``labels`` (the union), the ``_target_`` and per-language
-    sizes of ``decoder`` and ``joint`` and, for ``onehot``, ``encoder.feat_in`` = features + L.
-    Idempotent (runs again on restore).
-    """
-    cfg = copy.deepcopy(cfg)
-    vocabularies = _languages_from_config(cfg.get("languages"))
-    architecture = cfg.get("architecture", "multisoftmax")
-    if architecture not in ARCHITECTURES:
-        raise input_error(
-            f"unknown architecture {architecture!r}",
-            where="model.architecture",
-            fix=f"use one of {', '.join(ARCHITECTURES)}",
-        )
-    lsp = bool(cfg.get("language_specific_prediction", False))
-    if lsp and architecture != "multisoftmax":
-        raise input_error(
-            f"language_specific_prediction needs architecture multisoftmax, not {architecture}",
-            where="model.language_specific_prediction",
-            fix="set it to false, or use architecture: multisoftmax",
-        )
-    lid = _section(cfg, "lid", {"enabled": True, "weight": 1.0})
-    weight = _number(lid["weight"], "model.lid.weight", "the weight of the LID cross entropy, e.g. 1.0")
-    if not isinstance(lid["enabled"], bool):
-        raise input_error(f"must be true or false, got {lid['enabled']!r}", where="model.lid.enabled", fix="true")
-    lid_free = _section(cfg, "lid_free", {"min_frames": 30.0, "threshold": 0.5})
-    tau = _number(lid_free["min_frames"], "model.lid_free.min_frames", "τ in encoder frames, e.g. 30 (.inf: never)")
-    s_th = _number(lid_free["threshold"], "model.lid_free.threshold", "s_th, e.g. 0.5 (.inf: never)")
-    _check_fused_joint(cfg.get("joint"))
-    freeze_after = cfg.get("freeze_batch_norm_after")
-    if freeze_after is not None and (isinstance(freeze_after, bool) or not isinstance(freeze_after, int)
-                                     or freeze_after < 0):
-        raise input_error(
-            f"must be a number of optimizer steps ≥ 0 or null, got {freeze_after!r}",
-            where="model.freeze_batch_norm_after",
-            fix="e.g. 300 (the encoder's BatchNorm layers use running statistics from step 300 on), or null",
-        )
-    graphs_mode = cfg.get("cuda_graphs_mode", "no_while_loops")
-    if graphs_mode not in GRAPHS_MODES:
-        raise input_error(
-            f"unknown CUDA-graph mode {graphs_mode!r}",
-            where="model.cuda_graphs_mode",
-            fix="no_while_loops (default), or full_graph; decoding.greedy.use_cuda_graph_decoder: false turns graphs off",
-        )
-
-    with open_dict(cfg):
-        cfg.languages = {lang: {"labels": labels} for lang, labels in vocabularies.items()}
-        cfg.architecture = architecture
-        cfg.language_specific_prediction = lsp
-        cfg.lid = {"enabled": lid["enabled"], "weight": weight}
-        cfg.lid_free = {"min_frames": tau, "threshold": s_th}
-        cfg.freeze_batch_norm_after = freeze_after
-        cfg.cuda_graphs_mode = graphs_mode
-        cfg.labels = _union(vocabularies)
-        decoder = cfg.decoder
-        joint = cfg.joint
-        for key in ("vocab_sizes", "language_specific_prediction", "vocabularies"):
-            decoder.pop(key, None)
-            joint.pop(key, None)
-        if architecture == "multisoftmax":
-            decoder._target_ = _MS_DECODER
-            decoder.vocab_sizes = {lang: len(labels) for lang, labels in vocabularies.items()}
-            decoder.language_specific_prediction = lsp
-            joint._target_ = _MS_JOINT
-            joint.vocabularies = dict(vocabularies)
-        else:
-            decoder._target_ = _NEMO_DECODER
-            joint._target_ = _NEMO_JOINT
-        if architecture == "onehot":
-            features = cfg.preprocessor.get("features")
-            if features is None:
-                raise input_error(
-                    "onehot needs the feature size to size the encoder input",
-                    where="model.preprocessor.features",
-                    fix="set preprocessor.features (the number of mel bands)",
-                )
-            cfg.encoder.feat_in = int(features) + len(vocabularies)
-    return cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,11 +100,12 @@ class _LanguageCharParser:
         return self._parsers[lang](text)
 
 
-class LanguageAudioToCharDataset(_AudioTextDataset):
+class LanguageAudioToCharDataset(AudioTextDataset):
     """NeMo's char dataset, tokenizing each line with its language's labels and returning its language.
 
     Items are NeMo's ``(audio, audio_len, tokens, tokens_len)`` plus the language index (its
-    position in ``languages``); batches are ``(audio, audio_len, tokens, tokens_len, lang_ids)``.
+    position in ``languages``); batches are :class:`~nemo_tl.data.batches.LanguageBatch`
+    ``(audio, audio_lens, tokens, token_lens, lang_ids)``.
 
     Args:
         manifest_filepath: manifest(s); every line has ``lang``.
@@ -337,9 +140,9 @@ class LanguageAudioToCharDataset(_AudioTextDataset):
         lang = self.manifest_processor.collection[index].lang
         return (*super()._process_sample(index), torch.tensor(self.lang_index[lang], dtype=torch.long))
 
-    def _collate_fn(self, batch):
-        base = _speech_collate_fn([b[:-1] for b in batch], pad_id=self.manifest_processor.pad_id)
-        return (*base, torch.stack([b[-1] for b in batch]))
+    def _collate_fn(self, batch) -> LanguageBatch:
+        base = speech_collate_fn([b[:-1] for b in batch], pad_id=self.manifest_processor.pad_id)
+        return LanguageBatch(*base, lang_ids=torch.stack([b[-1] for b in batch]))
 
     def collate_fn(self, batch):
         return self._collate_fn(batch)
@@ -370,7 +173,7 @@ class MultilingualTranscribeConfig(TranscribeConfig):
 # Model
 
 
-class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
+class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDataMixin, EncDecRNNTModel):
     """Multilingual RNN-T: multi-softmax (or vanilla / onehot baselines) with an integrated LID head.
 
     Config keys (besides NeMo's RNN-T keys): ``languages`` ({lang: {labels}}, order = LID index),
@@ -381,7 +184,8 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
     def __init__(self, cfg: DictConfig, trainer: Trainer | None = None):
         cfg = model_utils.convert_model_config_to_dict_config(cfg)
         cfg = model_utils.maybe_update_config_version(cfg)
-        cfg = prepare_multilingual_config(cfg)
+        self.multilingual = MultilingualConfig.from_model_config(cfg)  # read from here, validated once
+        cfg = self.multilingual.apply(cfg)
         super().__init__(cfg=cfg, trainer=trainer)
         self.lid_head = LIDHead(self.cfg.model_defaults.enc_hidden, len(self.languages)) if self.lid_enabled else None
         if self.is_multisoftmax:
@@ -401,6 +205,10 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         else:  # vanilla / onehot: the one decoding EncDecRNNTModel built
             self._limit_graphs_mode(self.decoding)
 
+    def configure_callbacks(self) -> list:
+        """Every fit keeps the RNG states in its checkpoints, for an exact mid-epoch resume."""
+        return [ResumeRNGState()]
+
     def _wire_fused_joints(self) -> None:
         """With ``joint.fuse_loss_wer``, give each language's NeMo joint its language's loss and WER.
 
@@ -419,11 +227,9 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         """
         from lightning.pytorch.strategies import DDPStrategy
 
-        trainer = getattr(self, "_trainer", None)
-        strategy = getattr(trainer, "strategy", None)
+        strategy = getattr(self.trainer, "strategy", None)
         if isinstance(strategy, DDPStrategy) and self.is_multisoftmax:
-            if not strategy._ddp_kwargs.get("find_unused_parameters", False):
-                strategy._ddp_kwargs["find_unused_parameters"] = True
+            if ddp_find_unused_parameters(strategy):
                 logging.info("MultiSoftmaxRNNTModel: DDP set to find_unused_parameters=True (one language a batch)")
         if stage in (None, "fit"):
             self._warn_batch_norm_with_one_language_batches()
@@ -438,7 +244,7 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         sees and keep the differences between languages in the encoder output. The affine weights
         keep training. Applied at every batch, since Lightning switches the model back to training mode.
         """
-        after = self.cfg.get("freeze_batch_norm_after")
+        after = self.multilingual.freeze_batch_norm_after
         if after is not None and self.trainer is not None and self.trainer.global_step >= after:
             for module in self.encoder.modules():
                 if isinstance(module, _BATCH_NORMS):
@@ -450,7 +256,7 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         mixing = (self.cfg.get("train_ds") or {}).get("mixing") or {}
         if self.lid_head is None or not mixing.get("per_batch", False):
             return
-        if self.cfg.get("freeze_batch_norm_after") is not None:
+        if self.multilingual.freeze_batch_norm_after is not None:
             return
         norms = sorted({type(m).__name__ for m in self.encoder.modules() if isinstance(m, _BATCH_NORMS)})
         if norms:
@@ -467,24 +273,24 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
     @property
     def languages(self) -> list[str]:
         """Language codes in LID order."""
-        return list(self.cfg.languages)
+        return self.multilingual.languages
 
     @property
     def vocabularies(self) -> dict[str, list[str]]:
         """``{lang: labels}`` in LID order."""
-        return {lang: list(spec.labels) for lang, spec in self.cfg.languages.items()}
+        return {lang: list(labels) for lang, labels in self.multilingual.vocabularies.items()}
 
     @property
     def architecture(self) -> str:
-        return self.cfg.architecture
+        return self.multilingual.architecture
 
     @property
     def is_multisoftmax(self) -> bool:
-        return self.cfg.architecture == "multisoftmax"
+        return self.multilingual.architecture == "multisoftmax"
 
     @property
     def lid_enabled(self) -> bool:
-        return bool(self.cfg.lid.enabled)
+        return self.multilingual.lid.enabled
 
     def language_parameters(self, lang: str) -> list[torch.nn.Parameter]:
         """The parameters only ``lang`` updates (embedding, joint, softmax; LSP: prediction network)."""
@@ -568,17 +374,8 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         Label looping: NeMo's full-graph mode becomes no_while_loops. Frame looping: NeMo's graph
         decoder (one conditional-node graph) gives way to its loop without graphs.
         """
-        if self.cfg.get("cuda_graphs_mode", "no_while_loops") == "full_graph":
-            return
-        greedy = decoding.decoding
-        computer = getattr(greedy, "decoding_computer", None)
-        if computer is None:
-            if getattr(greedy, "loop_labels", True) is False and getattr(greedy, "use_cuda_graph_decoder", False):
-                greedy.disable_cuda_graphs()
-            return
-        if computer.cuda_graphs_mode is computer.CudaGraphsMode.FULL_GRAPH:
-            computer.cuda_graphs_mode = computer.CudaGraphsMode.NO_WHILE_LOOPS
-            computer.reset_cuda_graphs_state()
+        if self.multilingual.cuda_graphs_mode != "full_graph":
+            avoid_conditional_graphs(decoding.decoding)
 
     def maybe_enable_cuda_graphs(self, force_reinit: bool = False) -> bool:
         """NeMo's hook, for every decoder of the model; True if any decoder's state changed."""
@@ -679,7 +476,7 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         dl_config = DictConfig(
             {
                 "manifest_filepath": manifest,
-                "sample_rate": self.preprocessor._sample_rate,
+                "sample_rate": preprocessor_sample_rate(self.preprocessor),
                 "labels": list(self.cfg.labels),
                 "batch_size": batch_size,
                 "trim_silence": False,
@@ -781,16 +578,16 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             total = total + loss * (enc.shape[0] / batch)
         return total
 
-    def _losses(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        signal, signal_len, transcript, transcript_len, lang_ids = batch
-        encoded, encoded_len = self.encode(signal, signal_len, lang_ids)
-        rnnt = self.rnnt_loss(encoded, encoded_len, transcript, transcript_len, lang_ids)
+    def _losses(self, batch: LanguageBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        batch = LanguageBatch._make(batch)  # a plain (audio, audio_lens, tokens, token_lens, lang_ids) too
+        encoded, encoded_len = self.encode(batch.audio, batch.audio_lens, batch.lang_ids)
+        rnnt = self.rnnt_loss(encoded, encoded_len, batch.tokens, batch.token_lens, batch.lang_ids)
         parts = {"rnnt_loss": rnnt}
         loss = rnnt
         if self.lid_head is not None:
-            lid = frame_lid_loss(self.lid_head(encoded), encoded_len, lang_ids)
+            lid = frame_lid_loss(self.lid_head(encoded), encoded_len, batch.lang_ids)
             parts["lid_loss"] = lid
-            loss = rnnt + self.cfg.lid.weight * lid
+            loss = rnnt + self.multilingual.lid.weight * lid
         return loss, parts, encoded, encoded_len
 
     # ---- Lightning steps -------------------------------------------------------------------
@@ -806,32 +603,32 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
 
     def validation_pass(self, batch, batch_idx, dataloader_idx=0):
         loss, parts, encoded, encoded_len = self._losses(batch)
-        _, _, transcript, transcript_len, lang_ids = batch
+        batch = LanguageBatch._make(batch)
+        transcript, transcript_len, lang_ids = batch.tokens, batch.token_lens, batch.lang_ids
         num = torch.zeros((), dtype=torch.long, device=encoded.device)
         denom = torch.zeros((), dtype=torch.long, device=encoded.device)
         groups = self._language_groups(lang_ids, encoded, encoded_len, transcript, transcript_len)
         for lang, enc, enc_len, tr, tr_len in groups:
             wer = self.wer if lang is None else self.lang_wer[lang]
             # Ranks may see different languages in a batch: no sync per language, one all-reduce below.
-            to_sync, wer._to_sync = wer._to_sync, False
-            if self.joint.fuse_loss_wer:  # NeMo's fused step without the loss: decodes fused_batch_size at a time
-                by_lang = {} if lang is None else {"lang": lang}
-                _, _, n, d = self.joint(
-                    encoder_outputs=self._decoding_input(enc),
-                    decoder_outputs=None,
-                    encoder_lengths=enc_len,
-                    transcripts=tr,
-                    transcript_lengths=tr_len,
-                    compute_wer=True,
-                    **by_lang,
-                )
-            else:
-                wer.update(
-                    predictions=self._decoding_input(enc), predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len
-                )
-                _, n, d = wer.compute()
-                wer.reset()
-            wer._to_sync = to_sync
+            with metric_sync_disabled(wer):
+                if self.joint.fuse_loss_wer:  # NeMo's fused step without the loss: decodes fused_batch_size at a time
+                    by_lang = {} if lang is None else {"lang": lang}
+                    _, _, n, d = self.joint(
+                        encoder_outputs=self._decoding_input(enc),
+                        decoder_outputs=None,
+                        encoder_lengths=enc_len,
+                        transcripts=tr,
+                        transcript_lengths=tr_len,
+                        compute_wer=True,
+                        **by_lang,
+                    )
+                else:
+                    wer.update(
+                        predictions=self._decoding_input(enc), predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len
+                    )
+                    _, n, d = wer.compute()
+                    wer.reset()
             num, denom = num + n.to(num.device), denom + d.to(denom.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(num)
@@ -899,7 +696,12 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
                 partial_hypothesis=partial_hypothesis,
             )
         trcfg.return_hypotheses = True
-        trcfg.languages, trcfg.min_frames, trcfg.threshold = languages, min_frames, threshold
+        trcfg.languages = languages
+        if min_frames is not None:
+            min_frames = checked_number(min_frames, "transcribe(min_frames=...)", fix="give τ ≥ 0 frames (inf: never)")
+        if threshold is not None:
+            threshold = checked_number(threshold, "transcribe(threshold=...)", fix="give s_th ≥ 0 (inf: never)")
+        trcfg.min_frames, trcfg.threshold = min_frames, threshold
         return super().transcribe(audio=audio, override_config=trcfg)
 
     def _file_languages(self, audio: Any, lang: str | Sequence[str] | None) -> list[str] | None:
@@ -927,7 +729,7 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
                     where="transcribe(lang=...)",
                     fix="pass one language code, or one per file",
                 )
-        unknown = sorted({n for n in names if n not in self.cfg.languages})
+        unknown = sorted({n for n in names if n not in self.multilingual.vocabularies})
         if unknown:
             raise input_error(
                 f"unknown language(s) {', '.join(map(repr, unknown))} (known: {', '.join(self.languages)})",
@@ -1004,8 +806,8 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         best = None
         if log_post is not None:
             tau, s_th = getattr(trcfg, "min_frames", None), getattr(trcfg, "threshold", None)
-            tau = self.cfg.lid_free.min_frames if tau is None else tau
-            s_th = self.cfg.lid_free.threshold if s_th is None else s_th
+            tau = self.multilingual.lid_free.min_frames if tau is None else tau
+            s_th = self.multilingual.lid_free.threshold if s_th is None else s_th
             t_off, active, t_avg = early_stopping(log_post, encoded_len, min_frames=tau, threshold=s_th)
             active, t_off = active.cpu(), t_off.cpu()
             best = choose_language(avg.cpu(), active, t_off)
@@ -1087,7 +889,7 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
         Vanilla: the union model with its embedding and softmax cut to ``lang``'s labels + blank.
         The result saves as ``.nemo``, restores without nemo_tl and fine-tunes as a monolingual model.
         """
-        if lang not in self.cfg.languages:
+        if lang not in self.multilingual.vocabularies:
             raise input_error(
                 f"unknown language {lang!r} (known: {', '.join(self.languages)})",
                 where="extract_language",
@@ -1101,14 +903,14 @@ class MultiSoftmaxRNNTModel(ManifestDataMixin, EncDecRNNTModel):
             )
         labels = self.vocabularies[lang]
         cfg = OmegaConf.to_container(self.cfg, resolve=True)
-        for key in _OWN_KEYS:
+        for key in MULTILINGUAL_KEYS:
             cfg.pop(key, None)
         cfg["target"] = f"{EncDecRNNTModel.__module__}.{EncDecRNNTModel.__name__}"
         cfg["labels"] = labels
         dec = {k: v for k, v in cfg["decoder"].items() if k not in ("vocab_sizes", "language_specific_prediction")}
-        dec.update({"_target_": _NEMO_DECODER, "vocab_size": len(labels)})
+        dec.update({"_target_": NEMO_DECODER, "vocab_size": len(labels)})
         joint = {k: v for k, v in cfg["joint"].items() if k != "vocabularies"}
-        joint.update({"_target_": _NEMO_JOINT, "num_classes": len(labels), "vocabulary": labels})
+        joint.update({"_target_": NEMO_JOINT, "num_classes": len(labels), "vocabulary": labels})
         cfg["decoder"], cfg["joint"] = dec, joint
         for key in ("train_ds", "validation_ds", "test_ds"):
             if cfg.get(key) is not None:

@@ -8,7 +8,7 @@ encoder blocks can be frozen. Restoring a saved model needs neither the base nor
 
 from __future__ import annotations
 
-import contextvars
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,27 +17,20 @@ from lightning.pytorch import Trainer
 from nemo.collections.asr.models import ASRModel, EncDecCTCModel
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nemo_tl.compat import decoder_input_width, optimizer_param_groups, set_optimizer_param_groups
 from nemo_tl.data.texts import expand_labels
 from nemo_tl.errors import input_error
 from nemo_tl.models.mixins import ManifestDataMixin
+from nemo_tl.training import AtomicSaveMixin, ResumeRNGState, SkipNonFiniteStepMixin
 from nemo_tl.transfer.base import load_base_model
 from nemo_tl.transfer.config import TransferConfig, describe_model, merge_base_architecture
 from nemo_tl.transfer.freezing import freeze_encoder_blocks
+from nemo_tl.transfer.recipe import finetune_optim
 from nemo_tl.transfer.vocabulary import transfer_decoder_rows
 
 __all__ = ["TransferCTCModel"]
 
-# A base model object handed from ``from_base`` to ``__init__`` without a round trip to disk.
-_BASE_OBJECT: contextvars.ContextVar[Any] = contextvars.ContextVar("nemo_tl_base_object", default=None)
-
-# The recipe of Huang et al. 2020 §6: NovoGrad, cosine annealing, 12% warmup, lr 10x below scratch.
-FINETUNE_OPTIM = {
-    "name": "novograd",
-    "lr": 0.001,
-    "betas": [0.95, 0.25],
-    "weight_decay": 0.001,
-    "sched": {"name": "CosineAnnealing", "warmup_ratio": 0.12, "min_lr": 1e-5},
-}
+FINETUNE_OPTIM = finetune_optim()  # the recipe's optim section at lr 0.001 (nemo_tl.transfer.recipe)
 
 
 def _resolved(cfg: DictConfig | dict) -> DictConfig:
@@ -118,7 +111,7 @@ def _check_labels(labels: Any, where: str = "model.labels") -> list[str]:
     return labels
 
 
-class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
+class TransferCTCModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDataMixin, EncDecCTCModel):
     """A character CTC model fine-tuned from a pretrained base, configured by ``model.transfer``.
 
     ``model.transfer`` keys: ``base_model`` (.nemo path or NeMo pretrained name),
@@ -127,15 +120,23 @@ class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
     ``reinitialize`` (base architecture, fresh weights: the from-scratch control).
     Without a ``transfer`` section (or with ``base_model: null``) it is a plain EncDecCTCModel
     built from ``cfg`` that still honours ``freeze_encoder_blocks``.
+
+    ``base_model`` (keyword only) is a loaded base model to start from instead of loading
+    ``transfer.base_model`` (what :meth:`from_base` passes); a restored model needs no base.
     """
 
-    def __init__(self, cfg: DictConfig, trainer: Trainer | None = None):
+    def __init__(self, cfg: DictConfig, trainer: Trainer | None = None, *, base_model: ASRModel | None = None):
         restoring = self._is_model_being_restored()
         cfg = _resolved(cfg if restoring else _expand_label_codes(cfg))
         transfer = TransferConfig.from_section(cfg.get("transfer"))
         base = None
-        if not restoring and transfer.base_model is not None:
-            base = _BASE_OBJECT.get() or load_base_model(transfer.base_model)
+        if not restoring and base_model is not None:
+            base = load_base_model(base_model)  # checks it is a character CTC model
+            if transfer.base_model is None:
+                transfer = dataclasses.replace(transfer, base_model=describe_model(base))
+        elif not restoring and transfer.base_model is not None:
+            base = load_base_model(transfer.base_model)
+        if base is not None:
             cfg = self._config_from_base(cfg, base, transfer)
         elif not restoring:
             cfg = _decoder_from_labels(cfg)
@@ -146,6 +147,10 @@ class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
         if base is not None and not transfer.reinitialize:
             self._load_base_weights(base, transfer)
         self._frozen_blocks = freeze_encoder_blocks(self.encoder, transfer.freeze_encoder_blocks)
+
+    def configure_callbacks(self) -> list:
+        """Every fit keeps the RNG states in its checkpoints, for an exact mid-epoch resume."""
+        return [ResumeRNGState()]
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -163,7 +168,7 @@ class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
                 fix="use vocabulary: keep_shared to copy the shared labels' rows, or set model.labels to "
                 f"the base labels {base_labels!r}",
             )
-        return merge_base_architecture(cfg, base.cfg, labels, decoder_feat_in=base.decoder._feat_in)
+        return merge_base_architecture(cfg, base.cfg, labels, decoder_feat_in=decoder_input_width(base.decoder))
 
     @torch.no_grad()
     def _load_base_weights(self, base: EncDecCTCModel, transfer: TransferConfig) -> None:
@@ -208,37 +213,29 @@ class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
                 ``spec_augment``...); the optimizer defaults to the fine-tuning recipe
                 (NovoGrad, lr 0.001, betas (0.95, 0.25), cosine annealing, 12% warmup).
         """
-        transfer = TransferConfig.from_section(
-            {
-                "base_model": base if isinstance(base, str) else describe_model(base),
-                "vocabulary": vocabulary,
-                "new_label_init": new_label_init,
-                "freeze_encoder_blocks": freeze_encoder_blocks,
-                "reinitialize": reinitialize,
-            }
-        )
         model_obj = load_base_model(base)
-        extra = _resolved(cfg or {})
         base_cfg = _resolved(model_obj.cfg)
         full = OmegaConf.create(
             {
                 "sample_rate": base_cfg.get("sample_rate", 16000),
                 "labels": None if labels is None else list(expand_labels(labels, where="labels")),
-                "optim": FINETUNE_OPTIM,
+                "optim": finetune_optim(),
                 "decoding": base_cfg.get("decoding"),
                 "spec_augment": base_cfg.get("spec_augment"),
             }
         )
-        full = OmegaConf.merge(full, extra)
+        full = OmegaConf.merge(full, _resolved(cfg or {}))
         with open_dict(full):
-            full.transfer = transfer.as_section()
+            full.transfer = {  # validated once, by __init__
+                "base_model": base if isinstance(base, str) else describe_model(model_obj),
+                "vocabulary": vocabulary,
+                "new_label_init": new_label_init,
+                "freeze_encoder_blocks": freeze_encoder_blocks,
+                "reinitialize": reinitialize,
+            }
             if full.get("decoding") is None:
                 full.pop("decoding")
-        token = _BASE_OBJECT.set(model_obj)
-        try:
-            return cls(cfg=full, trainer=trainer)
-        finally:
-            _BASE_OBJECT.reset(token)
+        return cls(cfg=full, trainer=trainer, base_model=model_obj)
 
     # ------------------------------------------------------------------ freezing
     @property
@@ -259,12 +256,12 @@ class TransferCTCModel(ManifestDataMixin, EncDecCTCModel):
     def setup_optimizer_param_groups(self):
         """NeMo's parameter groups without the frozen parameters (so no optimizer state or decay touches them)."""
         super().setup_optimizer_param_groups()
-        if self._optimizer_param_groups is None:
+        if optimizer_param_groups(self) is None:
             return
         frozen = {id(p) for block in self._frozen_blocks for p in block.parameters()}
         groups = []
-        for group in self._optimizer_param_groups:
+        for group in optimizer_param_groups(self):
             params = [p for p in group["params"] if id(p) not in frozen]
             if params:
                 groups.append({**group, "params": params})
-        self._optimizer_param_groups = groups
+        set_optimizer_param_groups(self, groups)

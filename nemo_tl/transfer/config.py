@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nemo_tl.config_checks import checked_choice, checked_flag, checked_int, checked_section, to_plain
 from nemo_tl.errors import input_error
 
 VOCABULARY_MODES = ("keep_shared", "same", "reinit")
@@ -18,7 +19,7 @@ WHERE = "model.transfer"
 class TransferConfig:
     """The ``model.transfer`` section (key names are the public contract)."""
 
-    base_model: Any = None  # .nemo path, pretrained name, or (from_base) a model object
+    base_model: str | None = None  # .nemo path or pretrained name; None: no base (a plain EncDecCTCModel)
     vocabulary: str = "keep_shared"
     new_label_init: str = "zero"
     freeze_encoder_blocks: int = 0
@@ -27,59 +28,30 @@ class TransferConfig:
     @classmethod
     def from_section(cls, section: Any) -> TransferConfig:
         """Validate a ``transfer`` section (DictConfig, dict or None) and fill defaults."""
-        if section is None:
-            return cls()
-        if isinstance(section, DictConfig):
-            section = OmegaConf.to_container(section, resolve=True)
-        if not isinstance(section, dict):
-            raise input_error(
-                f"must be a mapping, got {type(section).__name__} {section!r}",
-                where=WHERE,
-                fix="write transfer: {base_model: base.nemo, vocabulary: keep_shared, freeze_encoder_blocks: 0}",
-            )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise input_error(
-                f"unknown key(s) {', '.join(unknown)}",
-                where=WHERE,
-                fix=f"use only {', '.join(sorted(known))}",
-            )
-        cfg = cls(**{k: v for k, v in section.items() if v is not None or k == "base_model"})
-        cfg._check()
-        return cfg
-
-    def _check(self) -> None:
-        if self.vocabulary not in VOCABULARY_MODES:
-            raise input_error(
-                f"unknown vocabulary mode {self.vocabulary!r}",
-                where=f"{WHERE}.vocabulary",
-                fix=f"use one of {', '.join(VOCABULARY_MODES)}",
-            )
-        if self.new_label_init not in NEW_LABEL_INITS:
-            raise input_error(
-                f"unknown new_label_init {self.new_label_init!r}",
-                where=f"{WHERE}.new_label_init",
-                fix=f"use one of {', '.join(NEW_LABEL_INITS)}",
-            )
-        k = self.freeze_encoder_blocks
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise input_error(
-                f"must be a non-negative integer, got {k!r}",
-                where=f"{WHERE}.freeze_encoder_blocks",
+        section = checked_section(
+            section, WHERE, [f.name for f in fields(cls)],
+            fix="write transfer: {base_model: base.nemo, vocabulary: keep_shared, freeze_encoder_blocks: 0}",
+        )
+        given = {k: v for k, v in section.items() if v is not None}
+        return cls(
+            base_model=given.get("base_model"),  # checked where it is loaded (load_base_model)
+            vocabulary=checked_choice(
+                given.get("vocabulary", cls.vocabulary), VOCABULARY_MODES, f"{WHERE}.vocabulary", what="vocabulary mode"
+            ),
+            new_label_init=checked_choice(
+                given.get("new_label_init", cls.new_label_init), NEW_LABEL_INITS, f"{WHERE}.new_label_init",
+                what="new_label_init",
+            ),
+            freeze_encoder_blocks=checked_int(
+                given.get("freeze_encoder_blocks", cls.freeze_encoder_blocks), f"{WHERE}.freeze_encoder_blocks",
                 fix="use 0 to freeze nothing, k to freeze the k lowest blocks",
-            )
-        if not isinstance(self.reinitialize, bool):
-            raise input_error(
-                f"must be true or false, got {self.reinitialize!r}",
-                where=f"{WHERE}.reinitialize",
-                fix="write true or false, without quotes",
-            )
+            ),
+            reinitialize=checked_flag(given.get("reinitialize", cls.reinitialize), f"{WHERE}.reinitialize"),
+        )
 
     def as_section(self) -> dict:
-        base = self.base_model if isinstance(self.base_model, str | None) else describe_model(self.base_model)
         return {
-            "base_model": base,
+            "base_model": self.base_model,
             "vocabulary": self.vocabulary,
             "new_label_init": self.new_label_init,
             "freeze_encoder_blocks": self.freeze_encoder_blocks,
@@ -89,8 +61,7 @@ class TransferConfig:
 
 def describe_model(model: Any) -> str:
     """A string standing for an in-memory base model in the saved config."""
-    source = getattr(model, "_nemo_tl_source", None)
-    return source or f"<in-memory {type(model).__name__}>"
+    return f"<in-memory {type(model).__name__}>"
 
 
 # Keys that fix the shape of the features and of the encoder; anything else (dither,
@@ -103,17 +74,11 @@ _ENCODER_SHAPE_KEYS = ("_target_", "feat_in", "activation")
 _BLOCK_SHAPE_KEYS = ("filters", "repeat", "kernel", "stride", "dilation", "separable", "residual", "groups", "se")
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _mismatches(section: str, base: DictConfig, asked: DictConfig, keys: tuple[str, ...]) -> list[str]:
     out = []
     for key in keys:
-        if key in asked and key in base and _plain(asked[key]) != _plain(base[key]):
-            out.append(f"{section}.{key}: base model has {_plain(base[key])!r}, config asks {_plain(asked[key])!r}")
+        if key in asked and key in base and to_plain(asked[key]) != to_plain(base[key]):
+            out.append(f"{section}.{key}: base model has {to_plain(base[key])!r}, config asks {to_plain(asked[key])!r}")
     return out
 
 
@@ -167,7 +132,7 @@ def merge_base_architecture(cfg: DictConfig, base_cfg: DictConfig, labels: list[
             cfg[section] = merged
         if "spec_augment" not in cfg:
             cfg.spec_augment = base_cfg.get("spec_augment")
-        decoder = OmegaConf.create(_plain(cfg.get("decoder")) or {})
+        decoder = OmegaConf.create(to_plain(cfg.get("decoder")) or {})
         if "_target_" not in decoder:
             decoder["_target_"] = base_cfg.decoder.get("_target_", "nemo.collections.asr.modules.ConvASRDecoder")
         decoder.feat_in = decoder_feat_in

@@ -124,9 +124,9 @@ def plot_histograms(base: torch.nn.Module, tuned: torch.nn.Module, rows: list[di
     """Histograms per layer of ``rows``: log10|w| of both models (``weights.png``) and log10|Δw| of
     tuned against base (``weight_changes.png``); ``names`` (base, tuned: e.g. their paths) go into
     the titles. Returns the PNG paths."""
-    import matplotlib
+    from nemo_tl.utils.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "plots").use("Agg")
     import matplotlib.pyplot as plt
 
     pairs = aligned_weights(base, tuned)[0]
@@ -208,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows, aligned_weights(base, tuned)[1])
     with atomic_write(os.path.join(args.out, "layers.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
-    pngs = plot_histograms(base, tuned, rows, args.out, names=(args.base, args.tuned))
+    try:
+        pngs = plot_histograms(base, tuned, rows, args.out, names=(args.base, args.tuned))
+    except ImportError as e:  # without nemo_tl[plots] the table is still written
+        pngs = []
+        print(f"histograms not written: {e}", file=sys.stderr)
     print(table)
     print("written:", ", ".join([os.path.join(args.out, "layers.md"), *pngs]))
     return 0

@@ -42,8 +42,8 @@ def use_atomic_checkpoint_io(trainer: Any) -> bool:
     A checkpoint IO the user chose (another class) is left alone. Returns True when it was replaced.
     """
     strategy = getattr(trainer, "strategy", None)
-    current = getattr(strategy, "_checkpoint_io", None)
-    if strategy is None or not (current is None or type(current) is TorchCheckpointIO):
+    # Lightning's public property: the default TorchCheckpointIO (made on first use) or the one configured.
+    if strategy is None or type(strategy.checkpoint_io) is not TorchCheckpointIO:
         return False
     strategy.checkpoint_io = AtomicCheckpointIO()
     return True
