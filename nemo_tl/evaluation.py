@@ -78,10 +78,10 @@ def to_strict_json(obj: Any, **dump_kwargs: Any) -> str:
     return json.dumps(finite_or_none(obj), allow_nan=False, **dump_kwargs)
 
 
-def results_table(results: dict[str, dict], title: str = "") -> str:
-    """A Markdown table of :func:`evaluate_manifests` results."""
+def results_table(results: dict[str, dict], title: str = "", column: str = "manifest") -> str:
+    """A Markdown table of :func:`evaluate_manifests` results (``column`` heads the keys' column)."""
     lines = [f"### {title}", ""] if title else []
-    lines += ["| manifest | WER % | CER % | utterances |", "|---|---:|---:|---:|"]
+    lines += [f"| {column} | WER % | CER % | utterances |", "|---|---:|---:|---:|"]
     for path, r in results.items():
         lines.append(f"| {path} | {fmt(r['wer'])} | {fmt(r['cer'])} | {r['utterances']} |")
     return "\n".join(lines)

@@ -39,15 +39,11 @@ def validation_sets(model_cfg: DictConfig) -> dict[str, str]:
 
 def final_report(model: Any, batch_size: int = 16) -> str:
     """Greedy WER and CER of the trained ``model`` on each of its validation sets, as a Markdown table."""
-    from nemo_tl.evaluation import evaluate_manifests
+    from nemo_tl.evaluation import evaluate_manifests, results_table
 
     sets = validation_sets(model.cfg)
     if not sets:
         return "no validation_ds.manifest_filepath: nothing to report"
     model.eval()
     results = evaluate_manifests(model, list(sets.values()), batch_size=batch_size)
-    lines = ["| validation set | WER % | CER % | utterances |", "|---|---:|---:|---:|"]
-    for name, manifest in sets.items():
-        r = results[manifest]
-        lines.append(f"| {name} | {r['wer']:.2f} | {r['cer']:.2f} | {r['utterances']} |")
-    return "\n".join(lines)
+    return results_table({name: results[manifest] for name, manifest in sets.items()}, column="validation set")
