@@ -129,6 +129,8 @@ def set_loops(model, loop: str, lid_free_loop: str) -> None:
     then for the batched LID-free decoder alone (``lid_free_loop``): ``labels`` or ``frames``."""
     from omegaconf import OmegaConf, open_dict
 
+    from nemo_tl.multilingual.lid_free import build_stacked_decoding
+
     def with_loop(cfg, which):
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         with open_dict(cfg):
@@ -138,7 +140,11 @@ def set_loops(model, loop: str, lid_free_loop: str) -> None:
     if loop != "labels":
         model.change_decoding_strategy(with_loop(model.cfg.decoding, loop), verbose=False)
     if lid_free_loop != loop:
-        model.__dict__["_stacked"] = (model.cfg.decoding, model._new_stacked_decoding(with_loop(model.cfg.decoding, lid_free_loop)))
+        stacked = build_stacked_decoding(
+            model.decoder, model.joint, model.vocabularies, with_loop(model.cfg.decoding, lid_free_loop),
+            model.multilingual.cuda_graphs_mode,
+        )
+        model.__dict__["_stacked"] = (model.cfg.decoding, stacked)
 
 
 def manifest_batches(model, manifests: str | None, batch_size: int, device: str) -> dict[str, dict]:

@@ -61,7 +61,6 @@ from common import (  # noqa: E402
 # Joshi et al. 2021, Table 1: grapheme vocabulary size and training hours per language.
 LANGUAGES = {"en": (133, 10077), "hi": (59, 10591), "ta": (97, 925), "gu": (123, 1205)}
 GOAL_TIME, GOAL_MEMORY = 0.8, 0.55
-_OWN_KEYS = ("languages", "architecture", "language_specific_prediction", "lid", "lid_free")
 
 
 def synthetic_vocabularies(sizes: dict[str, int]) -> dict[str, list[str]]:
@@ -151,11 +150,11 @@ def nemo_rnnt_cfg(args, labels: list[str] | None = None, fused: bool = False):
     """A plain NeMo EncDecRNNTModel config with the same parts: union labels (vanilla) or ``labels``."""
     from omegaconf import OmegaConf, open_dict
 
-    from nemo_tl.models.multisoftmax_rnnt import prepare_multilingual_config
+    from nemo_tl.multilingual.config import MULTILINGUAL_KEYS, prepare_multilingual_config
 
     cfg = prepare_multilingual_config(multilingual_cfg(args, "vanilla", fused))
     with open_dict(cfg):
-        for key in _OWN_KEYS:
+        for key in MULTILINGUAL_KEYS:
             cfg.pop(key, None)
         cfg.target = "nemo.collections.asr.models.rnnt_models.EncDecRNNTModel"
         if labels is not None:

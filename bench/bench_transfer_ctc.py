@@ -19,6 +19,7 @@ pre-hooks. No Trainer: ``self.log`` is a no-op and the training WER is not compu
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +68,13 @@ def build_models(args):
     models = {"nemo": nemo}
     for k in args.ks:
         models[f"k{k}"] = TransferCTCModel.from_base(nemo, labels=labels, freeze_encoder_blocks=k)
+    # Controls of the head-to-head: a second NeMo model (what two identical sides measure on this
+    # machine) and nemo_tl with Lightning's plain hooks where the non-finite-step guard works.
+    models["nemo_control"] = EncDecCTCModel(cfg=cfg)
+    models["nemo_control"].load_state_dict(nemo.state_dict())
+    models["unguarded"] = TransferCTCModel.from_base(nemo, labels=labels)
+    models["unguarded"].on_train_batch_start = lambda batch, batch_idx: None
+    models["unguarded"].backward = lambda loss, *a, **k: loss.backward()
     frozen = EncDecCTCModel(cfg=cfg)
     models["nemo_freeze"] = frozen
     optimizers = {}
@@ -81,11 +89,20 @@ def build_models(args):
     return models, optimizers, n_blocks
 
 
+def step_ratio(side: dict, reference: dict) -> float:
+    """The median over rounds of ``side``'s step time over ``reference``'s in the same round."""
+    return statistics.median(x / y for x, y in zip(side["times_ms"], reference["times_ms"]))
+
+
 def variant_name(key: str, n_blocks: int) -> str:
     if key == "nemo":
         return "NeMo EncDecCTCModel"
     if key == "nemo_freeze":
         return "NeMo, encoder.freeze()"
+    if key == "nemo_control":
+        return "NeMo EncDecCTCModel, second copy (control)"
+    if key == "unguarded":
+        return "nemo_tl, k=0, without the non-finite-step guard"
     return f"nemo_tl, k={key[1:]} of {n_blocks}"
 
 
@@ -131,11 +148,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     def head_to_head():
         rows, out = [], {}
+        keys = ["nemo", "k0", "nemo_control", "unguarded"]
         for precision in args.precisions:
-            r = measure(variants(["nemo", "k0"], precision), args.device, warmup=args.warmup, steps=args.ratio_steps)
+            r = measure(variants(keys, precision), args.device, warmup=args.warmup, steps=args.ratio_steps)
             a, b = r[variant_name("nemo", n_blocks)], r[variant_name("k0", n_blocks)]
             ratio = b["median_ms"] / a["median_ms"]
-            out[precision] = {"nemo": a, "nemo_tl": b, "ratio": ratio, "goal": GOAL_RATIO}
+            controls = {k: step_ratio(r[variant_name(k, n_blocks)], a) for k in keys[1:]}
+            controls["guard"] = step_ratio(b, r[variant_name("unguarded", n_blocks)])
+            out[precision] = {
+                "nemo": a, "nemo_tl": b, "ratio": ratio, "goal": GOAL_RATIO, "median_step_ratios": controls,
+                "control": r[variant_name("nemo_control", n_blocks)], "unguarded": r[variant_name("unguarded", n_blocks)],
+            }
             rows.append(
                 [
                     precision,
@@ -143,6 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
                     fmt(b["median_ms"]),
                     f"{ratio:.3f}",
                     verdict(ratio, GOAL_RATIO),
+                    f"{controls['k0']:.3f}",
+                    f"{controls['nemo_control']:.3f}",
+                    f"{controls['unguarded']:.3f}",
+                    f"{controls['guard']:.3f}",
                     fmt(a.get("peak_gib"), ".2f"),
                     fmt(b.get("peak_gib"), ".2f"),
                 ]
@@ -150,8 +177,14 @@ def main(argv: list[str] | None = None) -> dict:
             results.add("head_to_head", out)
         print(f"\n### TransferCTCModel vs EncDecCTCModel, nothing frozen ({args.ratio_steps} interleaved steps)\n")
         print(
+            "Median of per-step ratios, each step against the NeMo step of the same round: nemo_tl, a second NeMo\n"
+            "model (control), nemo_tl without the guard; and nemo_tl against nemo_tl without the guard.\n"
+        )
+        print(
             markdown_table(
-                ["precision", "NeMo ms", "nemo_tl ms", "ratio", f"≤ {GOAL_RATIO}", "NeMo GiB", "nemo_tl GiB"], rows
+                ["precision", "NeMo ms", "nemo_tl ms", "ratio", f"≤ {GOAL_RATIO}", "per step: nemo_tl",
+                 "control", "unguarded", "guard", "NeMo GiB", "nemo_tl GiB"],
+                rows,
             )
         )
 

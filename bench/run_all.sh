@@ -5,11 +5,11 @@
 #
 # Each script runs on its own under a time limit (a failure or timeout does not stop the rest;
 # a script rewrites its JSON after every section, so a timeout keeps what was done). OUT_DIR gets
-# 7 files: bench.log (everything printed), one JSON per benchmark and PERFORMANCE.md (every table
-# of the run and its goals). For a full GPU run report.py also replaces the generated blocks of
+# 10 files: bench.log (everything printed), one JSON per benchmark and PERFORMANCE.md (the tables
+# of the five benchmarks report.py renders, and their goals; the others print their own tables). For a full GPU run report.py also replaces the generated blocks of
 # docs/PERFORMANCE.md (between its report:begin/report:end markers) and nothing else there.
 # Stdout shows the tables.
-# BENCH_BUDGET_S (default 450) bounds the whole run; PYTHON picks the interpreter (default python3).
+# BENCH_BUDGET_S (default 900) bounds the whole run; PYTHON picks the interpreter (default python3).
 set -u
 out=${1:?usage: bash bench/run_all.sh OUT_DIR [--smoke] [--device DEVICE]}
 shift
@@ -28,7 +28,7 @@ cd "$(dirname "$here")" || exit 2
 mkdir -p "$out"
 py=${PYTHON:-python3}
 log="$out/bench.log"
-budget=${BENCH_BUDGET_S:-450}
+budget=${BENCH_BUDGET_S:-900}
 start=$SECONDS
 export PYTHONUNBUFFERED=1
 : >"$log"
@@ -67,6 +67,9 @@ run multisoftmax 140 "$py" bench/bench_multisoftmax.py "${common[@]}" --out "$ou
 run distill 90 "$py" bench/bench_distill.py "${common[@]}" --out "$out/distill.json"
 run lid_free 450 "$py" bench/bench_lid_free.py "${common[@]}" --out "$out/lid_free.json"
 run mixed_loader 50 "$py" bench/bench_mixed_loader.py "${loader[@]}" --out "$out/mixed_loader.json"
+run transfer_bpe 240 "$py" bench/bench_transfer_bpe.py "${common[@]}" --out "$out/transfer_bpe.json"
+run forgetting 150 "$py" bench/bench_forgetting.py "${common[@]}" --out "$out/forgetting.json"
+run adapters 70 "$py" bench/bench_adapters.py "${common[@]}" --out "$out/adapters.json"
 
 echo "=== report $(date -u +%H:%M:%S), benchmarks took $((SECONDS - start)) s" | tee -a "$log"
 "$py" bench/report.py "$out" 2>&1 | tee -a "$log"

@@ -1,4 +1,6 @@
-"""Greedy WER and CER of a CTC model per manifest; with a baseline, the forgetting table.
+"""Greedy WER and CER of a model per manifest; with a baseline, the forgetting table.
+
+Any NeMo ASR model: CTC, RNN-T, TDT or hybrid (decoded with its RNN-T head), characters or BPE.
 
     python examples/evaluate_ctc.py model_path=TUNED.nemo manifests=[target_dev.json,source_dev.json]
     python examples/evaluate_ctc.py model_path=TUNED.nemo baseline=BASE.nemo manifests=[...] output=eval.json
@@ -34,7 +36,7 @@ class EvaluateConfig:
 def _restore(path: str) -> ASRModel:
     from nemo_tl.transfer.base import load_base_model
 
-    return load_base_model(path, what="model", where="model_path", expected=ASRModel)
+    return load_base_model(path, what="model", where="model_path", expected=ASRModel, vocabulary="any")
 
 
 @hydra_runner(config_name="EvaluateConfig", schema=EvaluateConfig)

@@ -7,9 +7,9 @@
     python examples/evaluate_multilingual.py model_path=ms.nemo 'manifests=[en_test.json,hi_test.json]' \
         'baseline={en:en_mono.nemo,hi:hi_mono.nemo}'
 
-Prints WER per language, word-weighted average WER, WERR against the baseline, utterance LID
-accuracy and mean T_avg per mode; then WER / T_avg / LID accuracy per (τ, s_th) (τ in encoder
-frames), saved as a PNG. ``baseline`` (named as in ``examples/evaluate_ctc.py``) is a .nemo, or
+Prints WER and CER per language, the word-weighted average WER and the character-weighted average
+CER, WERR and CERR against the baseline, utterance LID accuracy and mean T_avg per mode; then WER /
+CER / T_avg / LID accuracy per (τ, s_th) (τ in encoder frames), saved as a PNG. ``baseline`` (named as in ``examples/evaluate_ctc.py``) is a .nemo, or
 a mapping ``{lang: mono.nemo}`` of plain NeMo monolingual models (each scored on its own
 language). ``output_json`` gets the table as strict JSON (a figure that does not exist is ``null``).
 """
@@ -88,9 +88,12 @@ def main(cfg: EvalConfig) -> None:
         print(f"written: {cfg.output_json}")
     if cfg.sweep:
         points = sweep(model, cfg.manifests, [(float(t), float(s)) for t, s in cfg.sweep], cfg.batch_size)
-        print("tau\ts_th\tWER\tT_avg\tLID acc")
+        print("tau\ts_th\tWER\tCER\tT_avg\tLID acc")
         for p in points:
-            print(f"{p['tau']:g}\t{p['s_th']:g}\t{fmt(p['wer'])}\t{fmt(p['t_avg'])}\t{fmt(p['lid_accuracy'], '.1f')}")
+            print(
+                f"{p['tau']:g}\t{p['s_th']:g}\t{fmt(p['wer'])}\t{fmt(p['cer'])}\t{fmt(p['t_avg'])}\t"
+                f"{fmt(p['lid_accuracy'], '.1f')}"
+            )
         print(f"saved {plot_sweep(points, cfg.plot)}")
 
 

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained QuartzNet to a new language, accent or domain (Huang et al. 2020).
+"""Fine-tune a pretrained CTC model (QuartzNet, or a BPE FastConformer) to a new language, accent or domain.
 
     python examples/finetune_ctc.py model.transfer.base_model=base.nemo \
         model.train_ds.manifest_filepath=train.json model.validation_ds.manifest_filepath=dev.json \
@@ -14,6 +14,15 @@ Replay against forgetting (target + a share of source data), WER reported per de
 Options of Kunze et al. 2017: model.transfer.freeze_encoder_blocks=k, model.transfer.vocabulary=reinit,
 model.transfer.reinitialize=true (train-from-scratch control). The final model is saved to
 ``save_to`` (default ``<exp_dir>/<name>.nemo``).
+
+A subword base (EncDecCTCModelBPE: stt_en_fastconformer_ctc_large, nvidia/parakeet-ctc-0.6b) with a
+target tokenizer (``python -m nemo_tl.transfer.tokenizer``):
+
+    python examples/finetune_ctc.py --config-name fastconformer_ctc_finetune \
+        model.transfer.base_model=stt_en_fastconformer_ctc_large model.tokenizer.dir=tokenizers/de_bpe256 \
+        model.train_ds.manifest_filepath=de_train.json model.validation_ds.manifest_filepath=de_dev.json
+
+The model class follows the base's class (RNN-T, TDT and hybrid bases: ``examples/finetune_rnnt.py``).
 """
 
 import lightning.pytorch as pl
@@ -21,9 +30,8 @@ from nemo.core.config import hydra_runner
 from nemo.utils.exp_manager import exp_manager
 from omegaconf import OmegaConf
 
-from nemo_tl.models import TransferCTCModel
 from nemo_tl.utils.atomic import atomic_save_to
-from nemo_tl.utils.scripts import final_report, output_path
+from nemo_tl.utils.scripts import final_report, output_path, transfer_model
 from nemo_tl.utils.training import quiet_restore_logs
 
 
@@ -33,7 +41,7 @@ def main(cfg):
     trainer = pl.Trainer(**cfg.trainer)
     log_dir = exp_manager(trainer, cfg.get("exp_manager", None))
     save_to = output_path(cfg, log_dir)  # checked before training: an unwritable path stops here
-    model = TransferCTCModel(cfg=cfg.model, trainer=trainer)
+    model = transfer_model(cfg.model, trainer, heads="ctc")
     trainer.fit(model)
     atomic_save_to(model, save_to)
     print(f"saved: {save_to}")

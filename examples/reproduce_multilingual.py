@@ -3,7 +3,16 @@
     python examples/reproduce_multilingual.py --out runs/ms --langs en,de,ru,hi --hours 0.3 \
         --steps 1500 --text digits --encoder quartznet --freeze-bn-after 300
 
-(the defaults; docs/RESULTS.md, setting C, third session, gives its results on one H200).
+(the defaults; docs/RESULTS.md, setting C, gives its results on one H200). A pretrained start:
+
+    python examples/reproduce_multilingual.py --out runs/ms_pre --text cldr --hours 1.4 --encoder conf \
+        --pretrain-ctc-steps 1500 --steps 2000 --architectures multisoftmax,vanilla
+
+pre-trains a CTC model over the union alphabet on every language pooled (same preprocessor and
+encoder), then starts each multilingual model from it (``MultiSoftmaxRNNTModel.from_base``;
+``--freeze-encoder-blocks k``). ``--aux-ctc-weight w`` adds a CTC loss over the union labels on the
+shared encoder (``model.aux_ctc``; started from the pre-trained CTC decoder). Results are written to
+``--out`` as each model finishes.
 
 1. Synthesizes one corpus per language (``nemo_tl.data.synth_corpus``; ``lang`` on every line).
 2. Trains ``conf/multisoftmax_rnnt.yaml`` three times on the same manifests with the same sampler
@@ -11,8 +20,8 @@
    baselines ``vanilla`` (one union softmax) and ``onehot`` (union softmax, language one-hot at the
    encoder input).
 3. Scores them on the test sets: multi-softmax known-language, LID-free and oracle; vanilla
-   (LID-free by construction); onehot (known language). Per-language WER, word-weighted
-   average, WERR against vanilla, utterance LID accuracy, T_avg; then the (τ, s_th) sweep of the
+   (LID-free by construction); onehot (known language). Per-language WER and CER, word- and
+   character-weighted averages, WERR and CERR against vanilla, utterance LID accuracy, T_avg; then the (τ, s_th) sweep of the
    multi-softmax model. Writes ``results.md``, ``results.json`` and ``sweep.png``.
 """
 
@@ -85,11 +94,64 @@ def train(cfg, steps: int):
     return model, timer.seconds
 
 
+def pretrain_ctc(cfg, manifests: list[str], steps: int):
+    """A NeMo CTC model over the union of ``cfg``'s languages' labels, trained on ``manifests`` pooled.
+
+    Same sample rate, preprocessor, spec_augment, encoder and optimizer as the multilingual ``cfg``.
+    """
+    from nemo.collections.asr.models import EncDecCTCModel
+    from omegaconf import OmegaConf
+
+    from nemo_tl.multilingual.config import MultilingualConfig
+    from nemo_tl.utils.training import TrainingTimer, quick_trainer
+
+    labels = MultilingualConfig.from_model_config(cfg).union_labels
+    ds = {
+        "manifest_filepath": manifests, "labels": labels, "sample_rate": cfg.sample_rate, "parser": "base",
+        "batch_size": cfg.train_ds.batch_size, "shuffle": True, "num_workers": cfg.train_ds.num_workers,
+        "max_duration": cfg.train_ds.get("max_duration"), "trim_silence": False,
+    }
+    ctc_cfg = OmegaConf.create({
+        "sample_rate": cfg.sample_rate, "labels": labels, "train_ds": ds,
+        "preprocessor": cfg.preprocessor, "spec_augment": cfg.get("spec_augment"), "encoder": cfg.encoder,
+        "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder",
+                    "feat_in": cfg.model_defaults.enc_hidden, "num_classes": len(labels), "vocabulary": labels},
+        "optim": cfg.optim,
+    })
+    timer = TrainingTimer()
+    trainer = quick_trainer(steps, callbacks=[timer])
+    model = EncDecCTCModel(cfg=ctc_cfg, trainer=trainer)
+    trainer.fit(model)
+    model.eval()
+    return model, timer.seconds
+
+
+def train_from_base(base, cfg, steps: int, freeze_encoder_blocks: int):
+    """``MultiSoftmaxRNNTModel.from_base(base, ...)`` with ``cfg``'s other keys, trained ``steps`` steps."""
+    from omegaconf import OmegaConf
+
+    from nemo_tl.models import MultiSoftmaxRNNTModel
+    from nemo_tl.utils.training import TrainingTimer, quick_trainer
+
+    timer = TrainingTimer()
+    trainer = quick_trainer(steps, callbacks=[timer])
+    rest = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+            if k not in ("languages", "architecture", "sample_rate", "preprocessor", "encoder")}
+    model = MultiSoftmaxRNNTModel.from_base(
+        base, languages=OmegaConf.to_container(cfg.languages), architecture=cfg.architecture,
+        freeze_encoder_blocks=freeze_encoder_blocks, cfg=rest, trainer=trainer,
+    )
+    trainer.fit(model)
+    model.eval()
+    return model, timer.seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--langs", default="en,de,ru,hi")
     p.add_argument("--hours", type=float, default=0.3)
+    p.add_argument("--corpus", default=None, help="where the synthesized corpus goes (default OUT/corpus)")
     p.add_argument("--text", default="digits")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=32)
@@ -112,6 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
     p.add_argument("--save", action="store_true", help="also write the multi-softmax model to OUT/multisoftmax.nemo")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-ratio", type=float, default=None, help="optim.sched.warmup_ratio (default: the config's)")
+    p.add_argument(
+        "--pretrain-ctc-steps", type=int, default=0,
+        help="N > 0: pre-train a CTC model over the union alphabet on all languages pooled for N steps, then start "
+        "every model from it (from_base)",
+    )
+    p.add_argument("--freeze-encoder-blocks", type=int, default=0, help="with --pretrain-ctc-steps: frozen blocks")
+    p.add_argument(
+        "--aux-ctc-weight", type=float, default=0.0,
+        help="model.aux_ctc.ctc_loss_weight w: loss = (1 - w) RNN-T + w CTC over the union labels (0: off)",
+    )
     args = p.parse_args(argv)
 
     from nemo_tl.utils.training import quiet_logs
@@ -127,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     langs = args.langs.split(",")
-    corpus = synthesize_corpus(str(out / "corpus"), langs, hours=args.hours, seed=args.seed, text_source=args.text)
+    corpus = synthesize_corpus(
+        args.corpus or str(out / "corpus"), langs, hours=args.hours, seed=args.seed, text_source=args.text
+    )
     print(f"corpus in {time.time() - t0:.0f} s", flush=True)
     test = [corpus[lang]["test"] for lang in langs]
 
@@ -135,6 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"args": vars(args), "train_seconds": {}, "rows": {}}
     rows = {}
     models = {}
+    pretrained = None
+
+    def write(extra_md: str = "") -> str:
+        """results.md and results.json as they stand (written after every model)."""
+        table = format_table(rows, langs, rows.get("vanilla (LID-free)"))
+        results["rows"] = {
+            name: {"mode": r.mode, "wers": r.wers, "cers": r.cers, "lid_accuracy": r.lid_accuracy, "t_avg": r.t_avg}
+            for name, r in rows.items()
+        }
+        (out / "results.md").write_text(table + extra_md + "\n", encoding="utf-8")
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
+        return table
+
     for architecture in args.architectures.split(","):
         cfg = OmegaConf.create(base)
         cfg.languages = {lang: {"labels": labels_for(lang)} for lang in langs}
@@ -159,25 +247,40 @@ def main(argv: list[str] | None = None) -> int:
             }
         if args.encoder == "quartznet" and args.freeze_bn_after >= 0:
             cfg.freeze_batch_norm_after = args.freeze_bn_after
+        if args.warmup_ratio is not None:
+            cfg.optim.sched.warmup_ratio = args.warmup_ratio
+        if args.aux_ctc_weight > 0:
+            cfg.aux_ctc = {"ctc_loss_weight": args.aux_ctc_weight}
         torch.manual_seed(args.seed)
-        models[architecture], seconds = train(cfg, args.steps)
+        if args.pretrain_ctc_steps > 0 and pretrained is None:
+            pretrained, seconds = pretrain_ctc(cfg, [corpus[lang]["train"] for lang in langs], args.pretrain_ctc_steps)
+            results["train_seconds"]["ctc_pretrain"] = seconds
+            print(f"pooled CTC: trained {args.pretrain_ctc_steps} steps in {seconds:.0f} s", flush=True)
+        if pretrained is not None:
+            models[architecture], seconds = train_from_base(pretrained, cfg, args.steps, args.freeze_encoder_blocks)
+        else:
+            models[architecture], seconds = train(cfg, args.steps)
         results["train_seconds"][architecture] = seconds
         print(f"{architecture}: trained {args.steps} steps in {seconds:.0f} s", flush=True)
+        model = models[architecture]
+        if architecture == "vanilla":
+            rows["vanilla (LID-free)"] = evaluate(model, test, "lid_free", args.eval_batch)
+        elif architecture == "onehot":
+            rows["onehot (known language)"] = evaluate(model, test, "known", args.eval_batch)
+        else:
+            if args.save:
+                from nemo_tl.utils.atomic import atomic_save_to
 
+                atomic_save_to(model, str(out / "multisoftmax.nemo"))
+            for mode in ("known", "lid_free", "oracle"):
+                rows[f"multisoftmax ({mode})"] = evaluate(model, test, mode, args.eval_batch)
+        print(write(), f"\nevaluated in {time.time() - t0:.0f} s", flush=True)
+
+    if "multisoftmax" not in models:
+        print(f"total {time.time() - t0:.0f} s")
+        return 0
     ms = models["multisoftmax"]
-    if args.save:
-        from nemo_tl.utils.atomic import atomic_save_to
-
-        atomic_save_to(ms, str(out / "multisoftmax.nemo"))
-    if "vanilla" in models:
-        rows["vanilla (LID-free)"] = evaluate(models["vanilla"], test, "lid_free", args.eval_batch)
-    if "onehot" in models:
-        rows["onehot (known language)"] = evaluate(models["onehot"], test, "known", args.eval_batch)
-    for mode in ("known", "lid_free", "oracle"):
-        rows[f"multisoftmax ({mode})"] = evaluate(ms, test, mode, args.eval_batch)
-    table = format_table(rows, langs, rows.get("vanilla (LID-free)"))
-    (out / "results.md").write_text(table + "\n", encoding="utf-8")  # kept if the sweep does not finish
-    print(table, f"\nevaluated in {time.time() - t0:.0f} s", flush=True)
+    table = write()
     points = sweep(
         ms,
         test,
@@ -185,19 +288,15 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.eval_batch,
     )
     plot_sweep(points, str(out / "sweep.png"))
-    sweep_md = ["| τ (frames) | s_th | WER % | T_avg | LID acc % |", "|---:|---:|---:|---:|---:|"]
+    sweep_md = ["| τ (frames) | s_th | WER % | CER % | T_avg | LID acc % |", "|---:|---:|---:|---:|---:|---:|"]
     sweep_md += [
-        f"| {q['tau']:g} | {q['s_th']:g} | {q['wer']:.2f} | {q['t_avg']:.2f} | {q['lid_accuracy']:.1f} |"
+        f"| {q['tau']:g} | {q['s_th']:g} | {q['wer']:.2f} | {q['cer']:.2f} | {q['t_avg']:.2f} | "
+        f"{q['lid_accuracy']:.1f} |"
         for q in points
     ]
-    md = table + "\n\n" + "\n".join(sweep_md)
-    results["rows"] = {
-        name: {"mode": r.mode, "wers": r.wers, "lid_accuracy": r.lid_accuracy, "t_avg": r.t_avg}
-        for name, r in rows.items()
-    }
     results["sweep"] = points
-    (out / "results.md").write_text(md + "\n", encoding="utf-8")
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
+    md = table + "\n\n" + "\n".join(sweep_md)
+    write("\n\n" + "\n".join(sweep_md))
     print(md)
     print(f"total {time.time() - t0:.0f} s")
     return 0

@@ -61,6 +61,14 @@ def decoder_input_width(decoder: torch.nn.Module) -> int:
     return int(decoder._feat_in)
 
 
+def encoder_output_width(encoder: torch.nn.Module) -> int:
+    """The feature width D a NeMo encoder (``ConvASREncoder``, ``ConformerEncoder``) outputs, (B, D, T).
+
+    NeMo keeps it in ``encoder._feat_out`` only (a Conformer's ``feat_out: -1`` means ``d_model``).
+    """
+    return int(encoder._feat_out)
+
+
 def preprocessor_sample_rate(preprocessor: torch.nn.Module) -> int | None:
     """The sample rate (Hz) a NeMo audio preprocessor was built for; None if it keeps none.
 

@@ -84,9 +84,9 @@ def test_missing_training_manifest_file(base_nemo, tmp_path):
 @pytest.mark.parametrize(
     "overrides, pattern",
     [
-        ({"train_ds": {"skip_invalid": "false"}}, r"train_ds\.skip_invalid: must be a bool, got 'false'"),
+        ({"train_ds": {"skip_invalid": "false"}}, r"train_ds\.skip_invalid: must be true or false, got 'false'"),
         ({"train_ds": {"skip_invalids": True}}, r"train_ds\.skip_invalids.*did you mean 'skip_invalid'"),
-        ({"train_ds": {"batch_size": "eight"}}, r"train_ds\.batch_size: must be a positive int"),
+        ({"train_ds": {"batch_size": "eight"}}, r"train_ds\.batch_size: must be a whole number ≥ 1"),
         ({"validation_ds": {"max_duration": "long"}}, r"validation_ds\.max_duration"),
         ({"transfer": {"reinitialize": "yes"}}, r"model\.transfer\.reinitialize"),
         ({"transfer": {"new_label_init": "ones"}}, r"model\.transfer\.new_label_init.*'ones'.*zero, random"),

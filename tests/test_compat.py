@@ -46,6 +46,19 @@ def test_decoder_input_width_is_the_width_the_decoder_takes():
     assert decoder(encoder_output=torch.randn(2, 7, 5)).shape == (2, 5, 4)
 
 
+def test_encoder_output_width_is_the_width_the_encoder_outputs():
+    from nemo.collections.asr.modules import ConformerEncoder, ConvASREncoder
+
+    conformer = ConformerEncoder(feat_in=16, n_layers=1, d_model=24, n_heads=2, subsampling_factor=4)
+    out, _ = conformer(audio_signal=torch.randn(1, 16, 40), length=torch.tensor([40]))
+    assert compat.encoder_output_width(conformer) == out.shape[1] == 24
+    block = {"filters": 12, "repeat": 1, "kernel": [3], "stride": [1], "dilation": [1], "dropout": 0.0,
+             "residual": False, "separable": False}
+    conv = ConvASREncoder(jasper=[block], activation="relu", feat_in=16)
+    out, _ = conv(audio_signal=torch.randn(1, 16, 40), length=torch.tensor([40]))
+    assert compat.encoder_output_width(conv) == out.shape[1] == 12
+
+
 def test_preprocessor_sample_rate():
     assert compat.preprocessor_sample_rate(AudioToMelSpectrogramPreprocessor(sample_rate=8000)) == 8000
     assert compat.preprocessor_sample_rate(torch.nn.Identity()) is None

@@ -21,7 +21,7 @@ from nemo_tl.errors import InputError
 from nemo_tl.models.distill_ctc import LOG_KEYS, DistillCTCModel
 from nemo_tl.modules import UncertaintyConvASRDecoder
 from tests.conftest import DE_LABELS, ROOT, load_conf
-from tests.helpers import cpu_trainer, snapshot
+from tests.helpers import cpu_trainer, raises_input_error, snapshot
 
 UNC = "nemo_tl.modules.UncertaintyConvASRDecoder"
 
@@ -431,3 +431,10 @@ def test_example_script_runs_with_hydra_overrides(teacher_a, en_manifest, tmp_pa
     restored = ASRModel.restore_from(str(out), map_location="cpu")
     assert isinstance(restored, DistillCTCModel) and restored.teachers == []
     assert TeacherCache.is_complete(str(tmp_path / "cache" / "teacher_0"))
+
+
+def test_forgetting_regularizers_are_refused_by_the_distillation_model(teacher_a):
+    """DistillCTCModel has its own objective: a regularization section would be ignored, so it is an error."""
+    cfg = OmegaConf.create(_student_cfg([{"model": teacher_a}]))
+    cfg.transfer = {"regularization": {"l2sp": {"weight": 0.1}}}
+    raises_input_error(lambda: DistillCTCModel(cfg=cfg), r"model\.transfer\.regularization", "TransferCTCModel")

@@ -40,13 +40,17 @@ def test_strict_json_writes_null_for_nan_and_infinity():
 
 
 def test_multilingual_rows_without_words_are_null_in_json_and_na_in_the_table():
-    empty = EvalResult("known", {"en": (math.nan, 0), "avg": (math.nan, 0)}, None, 1.0)
-    scored = EvalResult("lid_free", {"en": (20.0, 10), "avg": (20.0, 10)}, 90.0, 1.5)
+    nan = (math.nan, 0)
+    empty = EvalResult("known", {"en": nan, "avg": nan}, None, 1.0, cers={"en": nan, "avg": nan})
+    scored = EvalResult("lid_free", {"en": (20.0, 10), "avg": (20.0, 10)}, 90.0, 1.5,
+                        cers={"en": (5.0, 40), "avg": (5.0, 40)})
     parsed = strict_loads(to_json({"baseline (known)": empty, "lid_free": scored}))
     assert parsed["baseline (known)"]["wers"]["avg"] == [None, 0] and parsed["lid_free"]["wers"]["avg"] == [20.0, 10]
+    assert parsed["baseline (known)"]["cers"]["avg"] == [None, 0] and parsed["lid_free"]["cers"]["avg"] == [5.0, 40]
     lines = format_table({"baseline (known)": empty, "lid_free": scored}, ["en"], baseline=empty).splitlines()
-    assert lines[1].split("\t") == ["baseline (known)", "n/a", "n/a", "n/a", "-", "1.00"]
-    assert lines[2].split("\t") == ["lid_free", "20.00", "20.00", "n/a", "90.0", "1.50"]  # WERR against n/a: n/a
+    # model, en, Avg., en CER, Avg. CER, WERR, CERR, LID acc, T_avg; WERR and CERR against n/a: n/a
+    assert lines[1].split("\t") == ["baseline (known)", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "-", "1.00"]
+    assert lines[2].split("\t") == ["lid_free", "20.00", "20.00", "5.00", "5.00", "n/a", "n/a", "90.0", "1.50"]
 
 
 def test_evaluate_multilingual_takes_baseline_as_evaluate_ctc_does(tmp_path, single_thread):

@@ -230,3 +230,12 @@ def test_distillation_loss_combines_two_weighted_teachers():
     # the student's gradient flows through the total
     parts["train_loss"].backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_distillation_terms_refuses_weights_of_the_wrong_shape_with_the_shapes():
+    """A pure tensor function: a plain ValueError naming both shapes (not a config error)."""
+    from nemo_tl.distill.objective import distillation_terms
+
+    teacher = TeacherOutputs(torch.randn(2, 5, 4).log_softmax(-1), torch.tensor([5, 4]))
+    with pytest.raises(ValueError, match=r"shape \(1, 3\), expected \(K, B\) = \(1, 2\)"):
+        distillation_terms(torch.randn(2, 5, 4), torch.tensor([5, 4]), [teacher], torch.ones(1, 3), KDWeights())

@@ -399,7 +399,8 @@ def test_mixin_builds_mixed_or_plain_loader(src, tgt):
 def test_mixin_calls_the_manifest_validator(src, tgt, monkeypatch):
     calls = []
 
-    def check_dataset_config(config, *, labels, languages=None, sample_rate=None, section=None, frames=None):
+    def check_dataset_config(config, *, labels, languages=None, sample_rate=None, section=None, frames=None,
+                             tokenizer=None):
         paths = config.manifest_filepath
         calls.append((paths if isinstance(paths, str) else list(paths), labels, sample_rate, section))
         if config.get("mixing") is not None:

@@ -40,10 +40,44 @@ def test_first_switch_off_is_final_even_if_the_language_recovers():
     log_post = _log([[0.0, -3.0], [-5.0, 0.0], [-5.0, 0.0], [-5.0, 0.0]])
     t_off, active, t_avg = early_stopping(log_post, min_frames=0, threshold=1.0)
     # t=1: s = (0, -3): language 1 trails by 3 -> off at 1. t=2: s = (-5, -3): language 0 trails by
-    # 2 -> off at 2. Language 1 leads from then on, but stays off.
-    assert t_off.tolist() == [2, 1]
-    assert active.tolist() == [False, False]
-    assert float(t_avg) == pytest.approx(3 / 4)
+    # 2, but it is the last decoder on, so it stays on. Language 1 leads from then on, but stays off.
+    assert t_off.tolist() == [4, 1]
+    assert active.tolist() == [True, False]
+    assert float(t_avg) == pytest.approx(5 / 4)
+
+
+def test_the_leader_changing_after_tau_keeps_one_decoder_on():
+    """The issue's example: 3 languages, τ = 5, s_th = 0.5, language 2 takes the lead at frame 11."""
+    post = torch.tensor([[0.8, 0.1, 0.1]] * 10 + [[0.05, 0.05, 0.9]] * 30, dtype=torch.float64)
+    # t=6: languages 1 and 2 trail language 0 by 6·log 8 > 0.5 -> off. From t=18 language 0 trails
+    # language 2 by more than 0.5, but it is the only decoder on: it stays on to the end.
+    t_off, active, t_avg = early_stopping(post.log(), min_frames=5, threshold=0.5)
+    assert t_off.tolist() == [40, 6, 6]
+    assert active.tolist() == [True, False, False]
+    assert float(t_avg) == pytest.approx(1.3)
+    assert choose_language(average_posteriors(post.log()), active, t_off).item() == 0
+
+
+def test_decoders_switched_off_together_keep_the_best_scoring_one_on():
+    # Language 3 goes off at t=1, then recovers and leads, so every decoder still on would go off at t=2.
+    log_post = _log([[0.0, 0.0, 0.0, -2.0], [-6.0, -5.0, -5.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    t_off, active, t_avg = early_stopping(log_post, min_frames=0, threshold=1.0)
+    # t=1: language 3 trails by 2 -> off. t=2: s = (-6, -5, -5, -2): 0, 1, 2 all trail by > 1; the best
+    # of them, languages 1 and 2 at -5, tie: the lower index, 1, stays on.
+    assert t_off.tolist() == [2, 3, 2, 1]
+    assert active.tolist() == [False, True, False, False]
+    assert float(t_avg) == pytest.approx(8 / 3)
+
+
+def test_at_least_one_decoder_stays_on():
+    torch.manual_seed(0)
+    log_post = torch.log_softmax(3 * torch.randn(16, 50, 4), dim=-1)
+    lengths = torch.randint(1, 51, (16,))
+    for tau, s_th in ((0, 0.0), (2, 0.1), (10, 1.0)):
+        t_off, active, t_avg = early_stopping(log_post, lengths, min_frames=tau, threshold=s_th)
+        assert active.any(dim=1).all()
+        assert (t_avg >= 1).all()
+        assert (t_off.max(dim=1).values == lengths).all()
 
 
 def test_s_max_is_over_all_languages_including_switched_off_ones():

@@ -17,7 +17,15 @@ from omegaconf import OmegaConf
 from nemo_tl.compat import cuda_graphs_mode
 from nemo_tl.data.synthetic import make_tone_manifest, write_manifest
 from nemo_tl.decoding.lid_free import early_stopping
-from nemo_tl.decoding.multilingual_eval import evaluate, format_table, language_wers, plot_sweep, sweep, werr
+from nemo_tl.decoding.multilingual_eval import (
+    evaluate,
+    format_table,
+    language_cers,
+    language_wers,
+    plot_sweep,
+    sweep,
+    werr,
+)
 from nemo_tl.errors import InputError
 from nemo_tl.losses.lid import frame_lid_loss
 from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
@@ -413,6 +421,10 @@ def test_multilingual_metrics_exact():
     assert wers["en"] == (pytest.approx(100 / 4), 4)  # one deletion in 4 words
     assert wers["hi"] == (pytest.approx(50.0), 2)  # one insertion in 2 words
     assert wers["avg"] == (pytest.approx(100 * 2 / 6), 6)  # word-weighted: (1 + 1) / (4 + 2)
+    cers = language_cers(["a b", "c", "x y z"], ["a b", "c d", "x y"], ["en", "en", "hi"])
+    assert cers["en"] == (pytest.approx(100 * 2 / 6), 6)  # "c d" -> "c": 2 of 6 characters deleted
+    assert cers["hi"] == (pytest.approx(100 * 2 / 3), 3)  # "x y" -> "x y z": 2 insertions in 3 characters
+    assert cers["avg"] == (pytest.approx(100 * 4 / 9), 9)  # character-weighted: (2 + 2) / (6 + 3)
     assert werr(22.86, 23.97) == pytest.approx(4.63, abs=0.01)  # Joshi et al. Table 2, multi-softmax
     assert werr(32.45, 23.97) < 0
 
@@ -423,15 +435,24 @@ def test_evaluation_modes_and_sweep(manifests, tmp_path):
     sets = list(manifests.values())
     rows = {mode: evaluate(model, sets, mode, batch_size=6) for mode in ("known", "lid_free", "oracle")}
     assert rows["known"].wers == rows["oracle"].wers  # independent decoders: oracle = known language
+    assert rows["known"].cers == rows["oracle"].cers
+    for r in rows.values():  # CER beside WER in every mode, per language and character-weighted
+        assert r.cers == language_cers(r.hyps, r.refs, r.langs) and set(r.cers) == {"en", "ru", "hi", "avg"}
     assert rows["known"].t_avg == 1.0 and rows["oracle"].t_avg == 3.0
     assert 0 <= rows["lid_free"].lid_accuracy <= 100
     lid_free = rows["lid_free"]
     expected = 100 * sum(p == t for p, t in zip(lid_free.predicted, lid_free.langs)) / len(lid_free.langs)
     assert lid_free.lid_accuracy == pytest.approx(expected)
     table = format_table(rows, model.languages, baseline=rows["known"])
-    assert table.splitlines()[0].split("\t")[:4] == ["model", "en", "ru", "hi"]
+    assert table.splitlines()[0].split("\t") == [
+        "model", "en", "ru", "hi", "Avg.", "en CER", "ru CER", "hi CER", "Avg. CER", "WERR", "CERR", "LID acc", "T_avg"
+    ]
+    known = table.splitlines()[1].split("\t")
+    assert known[8] == f"{rows['known'].cers['avg'][0]:.2f}" and known[10] == "0.00"  # CERR against itself
     points = sweep(model, sets, [(math.inf, math.inf), (0, 0.0)], batch_size=6)
-    assert points[0]["t_avg"] == 3.0 and points[1]["t_avg"] < 3.0
+    assert points[0]["t_avg"] == 3.0 and 1.0 <= points[1]["t_avg"] < 3.0  # at least one decoder stays on
+    no_stopping = evaluate(model, sets, "lid_free", batch_size=6, min_frames=math.inf, threshold=math.inf)
+    assert points[0]["cer"] == no_stopping.cers["avg"][0] and points[0]["wer"] == no_stopping.wers["avg"][0]
     png = plot_sweep(points, str(tmp_path / "sweep.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

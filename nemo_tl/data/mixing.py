@@ -61,6 +61,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
+from nemo_tl.config_checks import checked_choice, checked_flag, checked_int, checked_number, checked_section
 from nemo_tl.data.manifest import flatten_manifest_filepath, iter_manifest_lines
 from nemo_tl.errors import input_error
 
@@ -111,97 +112,58 @@ class MixingConfig:
     num_batches: int | None = None
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 def parse_mixing_config(mixing: Mapping | None, num_manifests: int, where: str = "train_ds.mixing") -> MixingConfig:
     """Check a ``mixing`` section against ``num_manifests`` manifests; raise InputError naming the key."""
-    if mixing is None:
-        mixing = {}
-    if isinstance(mixing, DictConfig):
-        mixing = OmegaConf.to_container(mixing, resolve=True)
-    if not isinstance(mixing, Mapping):
-        raise input_error(
-            f"must be a mapping, got {mixing!r}", where=where, fix="write e.g. mixing={weights:[0.8,0.2]}"
-        )
-    unknown = sorted(set(mixing) - set(MIXING_KEYS))
-    if unknown:
-        raise input_error(f"unknown key(s) {unknown}", where=where, fix=f"use only {list(MIXING_KEYS)}")
-
-    weights = mixing.get("weights", "count")
-    if weights is None:
-        weights = "count"
+    mixing = checked_section(mixing, where, MIXING_KEYS, fix="write e.g. mixing={weights:[0.8,0.2]}")
+    given = {k: v for k, v in mixing.items() if v is not None}
+    weights = given.get("weights", "count")
     if isinstance(weights, str):
-        if weights not in WEIGHT_MODES:
-            raise input_error(
-                f"unknown weights mode {weights!r}",
-                where=f"{where}.weights",
-                fix='give a list of numbers, one per manifest, or "hours" or "count"',
-            )
-    else:
-        if not isinstance(weights, (list, tuple)) or not all(
-            isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
-        ):
-            raise input_error(
-                f"must be a list of numbers or 'hours' or 'count', got {weights!r}", where=f"{where}.weights"
-            )
-        if len(weights) != num_manifests:
-            raise input_error(
-                f"{len(weights)} weights for {num_manifests} manifests",
-                where=f"{where}.weights",
-                fix="give one weight per entry of manifest_filepath, in the same order",
-            )
-        bad = [w for w in weights if not math.isfinite(w) or w < 0]
-        if bad:
-            raise input_error(f"weights must be finite and >= 0, got {bad}", where=f"{where}.weights")
-        if sum(weights) <= 0:
-            raise input_error(
-                "all weights are zero", where=f"{where}.weights", fix="give at least one manifest a weight > 0"
-            )
-        weights = tuple(float(w) for w in weights)
-
-    temperature = mixing.get("temperature", 1.0)
-    if temperature is None:
-        temperature = 1.0
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise input_error(
-            f"temperature must be a number > 0, got {temperature!r}",
-            where=f"{where}.temperature",
-            fix="1.0 keeps the weights; T > 1 flattens them toward the small sets",
+        weights = checked_choice(
+            weights, WEIGHT_MODES, f"{where}.weights", what="weights mode",
+            fix='give a list of numbers, one per manifest, or "hours" or "count"',
         )
-    if not math.isfinite(temperature):
-        raise input_error(f"temperature must be finite, got {temperature!r}", where=f"{where}.temperature")
-
+    else:
+        weights = _checked_weights(weights, num_manifests, f"{where}.weights")
+    temperature = checked_number(
+        given.get("temperature", 1.0), f"{where}.temperature", positive=True, finite=True,
+        fix="1.0 keeps the weights; T > 1 flattens them toward the small sets",
+    )
     if isinstance(weights, tuple):
-        _checked_probabilities(weights, float(temperature), where)
-
-    per_batch = mixing.get("per_batch", False)
-    if per_batch is None:
-        per_batch = False
-    if not isinstance(per_batch, bool):
-        raise input_error(f"must be true or false, got {per_batch!r}", where=f"{where}.per_batch")
-
-    seed = mixing.get("seed", 0)
-    if seed is None:
-        seed = 0
-    if not _is_int(seed) or seed < 0:
-        raise input_error(f"must be an integer >= 0, got {seed!r}", where=f"{where}.seed")
-
-    num_batches = mixing.get("num_batches")
-    if num_batches is not None and (not _is_int(num_batches) or num_batches < 1):
-        raise input_error(
-            f"must be a positive integer or null, got {num_batches!r}",
-            where=f"{where}.num_batches",
+        _checked_probabilities(weights, temperature, where)
+    num_batches = given.get("num_batches")
+    if num_batches is not None:
+        num_batches = checked_int(
+            num_batches, f"{where}.num_batches", minimum=1,
             fix="null draws as many batches as one pass over all manifests",
         )
     return MixingConfig(
         weights=weights,
-        temperature=float(temperature),
-        per_batch=per_batch,
-        seed=int(seed),
-        num_batches=None if num_batches is None else int(num_batches),
+        temperature=temperature,
+        per_batch=checked_flag(given.get("per_batch", False), f"{where}.per_batch"),
+        seed=checked_int(given.get("seed", 0), f"{where}.seed"),
+        num_batches=num_batches,
     )
+
+
+def _checked_weights(weights: Any, num_manifests: int, where: str) -> tuple[float, ...]:
+    """One finite weight ≥ 0 per manifest, not all zero."""
+    if not isinstance(weights, list | tuple):
+        raise input_error(
+            f"must be a list of numbers or 'hours' or 'count', got {weights!r}", where=where,
+            fix="give one number per entry of manifest_filepath",
+        )
+    if len(weights) != num_manifests:
+        raise input_error(
+            f"{len(weights)} weights for {num_manifests} manifests",
+            where=where,
+            fix="give one weight per entry of manifest_filepath, in the same order",
+        )
+    checked = tuple(
+        checked_number(w, where, finite=True, fix="give finite weights >= 0, one per manifest") for w in weights
+    )
+    if sum(checked) <= 0:
+        raise input_error("all weights are zero", where=where, fix="give at least one manifest a weight > 0")
+    return checked
 
 
 def mixing_probabilities(weights: Sequence[float], temperature: float = 1.0) -> np.ndarray:
@@ -600,9 +562,7 @@ def build_mixed_dataloader(
     check_mixing_compatible(config, section)
     paths = mixed_manifest_paths(config, section)
     mixing = parse_mixing_config(config.get("mixing"), len(paths), where=f"{section}.mixing")
-    batch_size = config.get("batch_size")
-    if not _is_int(batch_size) or batch_size < 1:
-        raise input_error(f"must be a positive integer, got {batch_size!r}", where=f"{section}.batch_size")
+    batch_size = checked_int(config.get("batch_size"), f"{section}.batch_size", minimum=1, fix="e.g. batch_size: 32")
     stats = [scan_manifest(p, where=f"{section}.manifest_filepath[{i}]") for i, p in enumerate(paths)]
 
     datasets = []

@@ -6,6 +6,7 @@ on every manifest of a ``train_ds`` / ``validation_ds`` section and either raise
 returns a config pointing at filtered copies. Run as a script to check manifests by hand::
 
     python -m nemo_tl.data.validate train.json dev.json --labels model.nemo
+    python -m nemo_tl.data.validate train.json --tokenizer-dir tokenizers/de_bpe128
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tarfile
 import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import soundfile as sf
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from nemo_tl.config_checks import finite_float, to_plain
+from nemo_tl.config_checks import checked_flag, checked_int, checked_number, finite_float, to_plain
 from nemo_tl.data.manifest import AUDIO_KEYS, flatten_manifest_filepath, iter_manifest_lines, resolve_audio_path
 from nemo_tl.data.texts import LANGUAGES, expand_labels
 from nemo_tl.errors import InputError, input_error
@@ -46,6 +47,7 @@ __all__ = [
     "check_manifests",
     "default_parser",
     "load_labels",
+    "load_tokenizer",
     "main",
     "validate_manifest",
 ]
@@ -238,6 +240,7 @@ class _ManifestChecker:
         section: str | None = None,
         mono: bool = True,
         frames: EncoderFrames | None = None,
+        tokenizer: Any = None,
     ):
         if isinstance(labels, Mapping) and languages is None:
             languages = list(labels)
@@ -250,6 +253,8 @@ class _ManifestChecker:
         self._checkers: dict[str | None, _TextChecker] = {}
         self.mono, self.frames = mono, frames  # multi-channel audio is an error; the model's encoder frames
         self._tokenizers: dict[str | None, Any] = {}
+        self.tokenizer = tokenizer  # a NeMo tokenizer (SentencePiece / WordPiece): its text check replaces labels'
+        self._unencodable: dict[str, bool] = {}  # character (or word) -> the tokenizer makes <unk> of it
 
     def check(self, path: str) -> _Result:
         """Every problem of manifest ``path`` and its error-free entries."""
@@ -449,9 +454,12 @@ class _ManifestChecker:
         self._frame_needs[number] = (max(samples, 0), needed, len(tokens or ()))
 
     def _tokens(self, number: int, entry: dict) -> list[int] | None:
-        """The label ids NeMo's char dataset makes of the line's transcript; None without labels."""
+        """The label ids NeMo's char dataset (or the tokenizer) makes of the line's transcript; None without either."""
         from nemo.collections.common.parts.preprocessing.parsers import make_parser
 
+        if self.tokenizer is not None:
+            found = self._text(number, entry)
+            return self.tokenizer.text_to_ids(found[1]) if found is not None and isinstance(found[1], str) else None
         lang = entry.get("lang")
         checker, found = self._checker(lang), self._text(number, entry)
         if checker is None or found is None or not isinstance(found[1], str):
@@ -476,6 +484,7 @@ class _ManifestChecker:
         if not frames.ctc:  # the output length never falls as audio grows: only the shortest can have none
             lines = [n for n in lines if needs[n][0] < frames.shortest()]
         available = dict(zip(lines, frames.frames([needs[n][0] for n in lines])))
+        unit = "labels" if self.tokenizer is None else "tokens"
         bad = set()
         for number, have in available.items():
             samples, needed, labels = needs[number]
@@ -487,8 +496,8 @@ class _ManifestChecker:
                 self._add(
                     number,
                     "text",
-                    f"the transcript needs {needed} encoder frames ({labels} labels + {needed - labels} between "
-                    f"repeated labels) but its {seconds:.3f} s of audio give {have}: CTC cannot align it "
+                    f"the transcript needs {needed} encoder frames ({labels} {unit} + {needed - labels} between "
+                    f"repeated {unit}) but its {seconds:.3f} s of audio give {have}: CTC cannot align it "
                     "(NeMo's loss would be 0 and teach nothing)",
                     "check that the transcript belongs to this audio; else shorten it or remove the line",
                     "transcript longer than the audio allows",
@@ -630,6 +639,9 @@ class _ManifestChecker:
         if not text.strip():
             self._add(number, key, "empty text", "add the transcript, or remove the line", "empty text")
             return
+        if self.tokenizer is not None:
+            self._check_tokenizable(number, key, text)
+            return
         checker = self._checker(lang)
         if checker is None:
             return
@@ -694,6 +706,28 @@ class _ManifestChecker:
                 "characters not in vocabulary",
             )
 
+    def _check_tokenizable(self, number: int, key: str, text: str) -> None:
+        """A transcript the tokenizer encodes with ``<unk>`` is an error naming the characters (or words) at fault."""
+        unk = getattr(self.tokenizer, "unk_id", None)
+        if unk is None or unk < 0 or unk not in self.tokenizer.text_to_ids(text):
+            return
+
+        def fails(piece: str) -> bool:
+            if piece not in self._unencodable:
+                self._unencodable[piece] = unk in self.tokenizer.text_to_ids(piece)
+            return self._unencodable[piece]
+
+        chars = [c for c in dict.fromkeys(text) if not c.isspace() and fails(c)]
+        what = f"characters the tokenizer cannot encode (they become <unk>): {_chars(chars)}"
+        if not chars:  # a WordPiece tokenizer can fail on whole words
+            words = [w for w in dict.fromkeys(text.split()) if fails(w)]
+            what = f"words the tokenizer encodes as <unk>: {', '.join(repr(w) for w in words[:5])}"
+        fix = "remove or replace them in the transcript, or train the tokenizer on text that has them " \
+              "(python -m nemo_tl.transfer.tokenizer TRAIN_MANIFESTS --out DIR)"
+        if chars and len([c for c in chars if fails(unicodedata.normalize("NFC", c))]) < len(chars):
+            fix = f"write the transcripts in composed Unicode (NFC: unicodedata.normalize('NFC', text)); {fix}"
+        self._add(number, key, what, fix, "not encodable by the tokenizer")
+
     def _summary_warnings(self) -> None:
         """One warning per manifest (not per line) for resampled audio."""
         for sr, (count, first) in sorted(self._rates.items()):
@@ -719,6 +753,7 @@ def validate_manifest(
     parser: str | None = None,
     check_audio: bool = True,
     frames: EncoderFrames | None = None,
+    tokenizer: Any = None,
 ) -> list[Problem]:
     """Every problem of the NeMo manifest ``path``, in line order; ``[]`` when it is clean.
 
@@ -734,11 +769,15 @@ def validate_manifest(
         frames: the model's encoder frames (:func:`nemo_tl.data.frames.model_encoder_frames`); given,
             a line whose transcript needs more frames than its audio gives is an error (CTC: one per
             label plus one between repeated labels; RNN-T: one).
+        tokenizer: a subword model's NeMo tokenizer (:func:`load_tokenizer`, or ``model.tokenizer``); given,
+            it replaces ``labels``: a transcript it encodes with ``<unk>`` is an error naming the characters
+            at fault, and CTC frames are counted in its tokens.
 
     Audio with more than one channel, and float audio holding NaN or Inf samples, are errors.
     """
     checker = _ManifestChecker(
-        labels, languages, sample_rate, normalize=normalize, parser=parser, check_audio=check_audio, frames=frames
+        labels, languages, sample_rate, normalize=normalize, parser=parser, check_audio=check_audio, frames=frames,
+        tokenizer=tokenizer,
     )
     return checker.check(path).problems
 
@@ -756,6 +795,7 @@ def check_manifests(
     parser: str | None = None,
     audio_only: bool = False,
     where: str | None = None,
+    tokenizer: Any = None,
 ) -> None:
     """Raise an InputError listing every error of the manifests ``paths``; log their warnings.
 
@@ -767,7 +807,7 @@ def check_manifests(
     """
     checker = _ManifestChecker(
         None if audio_only else labels, None, sample_rate, normalize=normalize, parser=parser, check_audio=True,
-        frames=None if audio_only else frames,
+        frames=None if audio_only else frames, tokenizer=None if audio_only else tokenizer,
     )
     errors = []
     for path in [paths] if isinstance(paths, str) else list(paths):
@@ -842,29 +882,31 @@ def format_report(problems: Sequence[Problem], limit: int = REPORT_LIMIT) -> str
 
 
 # Dataset options whose wrong type NeMo reports late or not at all ("false" as a string is true).
-_OPTION_TYPES: dict[str, tuple[str, str]] = {
-    "batch_size": ("positive int", "e.g. batch_size: 32"),
-    "num_workers": ("int >= 0", "e.g. num_workers: 4"),
-    "sample_rate": ("positive int", "e.g. sample_rate: 16000"),
-    "max_duration": ("number or null", "e.g. max_duration: 16.7"),
-    "min_duration": ("number or null", "e.g. min_duration: 0.1"),
-    "shuffle": ("bool", "write true or false, without quotes"),
-    "skip_invalid": ("bool", "write true or false, without quotes"),
-    "trim_silence": ("bool", "write true or false, without quotes"),
-    "normalize_transcripts": ("bool", "write true or false, without quotes"),
+def _flag(value: Any, where: str) -> bool:
+    return checked_flag(value, where)
+
+
+def _positive_int(fix: str) -> Callable[[Any, str], int]:
+    return lambda value, where: checked_int(value, where, minimum=1, fix=fix)
+
+
+def _duration(fix: str) -> Callable[[Any, str], float]:
+    return lambda value, where: checked_number(value, where, fix=fix)
+
+
+# Each dataset option's check (from nemo_tl.config_checks); null always passes (NeMo's default).
+_OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "batch_size": _positive_int("e.g. batch_size: 32"),
+    "num_workers": lambda value, where: checked_int(value, where, fix="e.g. num_workers: 4"),
+    "sample_rate": _positive_int("e.g. sample_rate: 16000"),
+    "max_duration": _duration("e.g. max_duration: 16.7"),
+    "min_duration": _duration("e.g. min_duration: 0.1"),
+    "shuffle": _flag,
+    "skip_invalid": _flag,
+    "trim_silence": _flag,
+    "normalize_transcripts": _flag,
 }
 _NEMO_TL_DATASET_KEYS = ("skip_invalid", "mixing")
-
-
-def _option_ok(kind: str, value: Any) -> bool:
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if kind == "positive int":
-        return is_int and value > 0
-    if kind == "int >= 0":
-        return is_int and value >= 0
-    if kind == "number or null":
-        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)
-    return isinstance(value, bool)
 
 
 def check_dataset_options(config: Mapping, section: str | None = None) -> None:
@@ -877,13 +919,12 @@ def check_dataset_options(config: Mapping, section: str | None = None) -> None:
     import difflib
 
     prefix = f"{section}." if section else ""
-    for key, (kind, fix) in _OPTION_TYPES.items():
+    for key, check in _OPTION_CHECKS.items():
         if key not in config:
             continue
         value = _select(config, key) if isinstance(config, DictConfig) else config[key]
-        if value is not None or kind == "number or null":
-            if not _option_ok(kind, value):
-                raise input_error(f"must be a {kind}, got {value!r}", where=f"{prefix}{key}", fix=fix)
+        if value is not None:  # null: NeMo's default
+            check(value, f"{prefix}{key}")
     for key in config:
         if key in _NEMO_TL_DATASET_KEYS:
             continue
@@ -905,6 +946,7 @@ def check_dataset_config(
     section: str | None = None,
     parser: str | None = None,
     frames: EncoderFrames | None = None,
+    tokenizer: Any = None,
 ) -> DictConfig:
     """Validate every manifest of a dataset config before NeMo builds the dataset.
 
@@ -930,13 +972,16 @@ def check_dataset_config(
     frames than its audio gives an error of its line. When ``min_duration`` / ``max_duration``
     leave nothing of a manifest (counted as NeMo filters: by the manifest's ``duration``, keeping
     ``min_duration <= duration <= max_duration``), InputError; when they remove more than
-    ``FILTERED_SHARE_WARNING`` of it, a warning.
+    ``FILTERED_SHARE_WARNING`` of it, a warning. ``tokenizer`` (a subword model's) replaces ``labels``:
+    a transcript it encodes with ``<unk>`` is an error of its line.
     """
     if isinstance(config, Mapping) and not isinstance(config, DictConfig):
         config = OmegaConf.create(dict(config))
     check_dataset_options(config, section)
     name = section or "the dataset"
-    if labels is None:
+    if tokenizer is not None:
+        labels = None  # a subword dataset's `labels` (NeMo's RNN-T BPE sets them) are tokenizer pieces
+    elif labels is None:
         labels = _select(config, "labels")
     normalize = bool(config.get("normalize_transcripts", False))
     if parser is None:
@@ -973,6 +1018,7 @@ def check_dataset_config(
         section=section,
         mono=_requires_mono(config.get("channel_selector")),
         frames=frames,
+        tokenizer=tokenizer,
     )
     results = {p: checker.check(p) for p in paths}
     problems = [q for r in results.values() for q in r.problems]
@@ -1100,6 +1146,46 @@ def _config_frames(model: DictConfig, spec: str) -> EncoderFrames | None:
         return None
 
 
+def load_tokenizer(directory: str, kind: str = "bpe", *, where: str = "model.tokenizer") -> Any:
+    """The NeMo tokenizer a model with ``model.tokenizer: {dir: directory, type: kind}`` builds.
+
+    ``bpe``: NeMo's SentencePieceTokenizer of ``tokenizer.model``; ``wpe``: NeMo's WordPiece
+    AutoTokenizer of ``vocab.txt`` (as NeMo's ASR models build it). On the command line ``where`` stays
+    ``model.tokenizer``: ``--tokenizer-dir`` and ``--tokenizer-type`` are its ``dir`` and ``type``.
+
+    Raises:
+        InputError: a missing directory, a type that does not match its files, an unreadable model.
+    """
+    from nemo.collections.common import tokenizers
+
+    from nemo_tl.transfer.tokens import check_tokenizer_dir
+
+    directory, kind = check_tokenizer_dir(directory, kind, where=where)  # names {where}.dir / {where}.type
+    if kind == "bpe":
+        return tokenizers.SentencePieceTokenizer(model_path=os.path.join(directory, "tokenizer.model"))
+    return tokenizers.AutoTokenizer(pretrained_model_name="bert-base-cased",
+                                    vocab_file=os.path.join(directory, "vocab.txt"), use_fast=False)
+
+
+def _nemo_tokenizer(spec: str, tar: tarfile.TarFile, tokenizer_cfg: Any) -> Any:
+    """The SentencePiece tokenizer packed in the .nemo archive ``spec`` (None for another kind of tokenizer)."""
+    if tokenizer_cfg is None or tokenizer_cfg.get("type") != "bpe":
+        return None
+    member = next((m for m in tar.getmembers() if m.name.endswith("tokenizer.model")), None)
+    if member is None:
+        return None
+    from nemo.collections.common import tokenizers
+
+    work = tempfile.mkdtemp(prefix="nemo_tl_tokenizer_")
+    if not _FILTERED_DIRS:
+        atexit.register(_cleanup_filtered_dirs)
+    _FILTERED_DIRS.append(work)  # removed at exit with the filtered manifests
+    path = os.path.join(work, "tokenizer.model")
+    with open(path, "wb") as f:
+        f.write(tar.extractfile(member).read())
+    return tokenizers.SentencePieceTokenizer(model_path=path)
+
+
 def load_labels(spec: str) -> tuple[Labels | None, dict[str, Any]]:
     """Labels from ``--labels``: a language code (``de``), a string of characters, a ``.nemo`` file or a YAML config.
 
@@ -1107,7 +1193,8 @@ def load_labels(spec: str) -> tuple[Labels | None, dict[str, Any]]:
     ``normalize`` and ``parser`` where a model or config gives them, and ``frames``, its
     :class:`~nemo_tl.data.frames.EncoderFrames` built from its preprocessor and encoder. Labels come from the
     config's ``labels`` (``model.labels`` in a training config), else ``decoder.vocabulary``;
-    ``None`` for tokenizer (BPE) models, whose text is not checked.
+    ``None`` for tokenizer (BPE) models: a ``.nemo`` file's SentencePiece tokenizer is returned in
+    ``settings["tokenizer"]``, and the text is checked against it.
     """
     lower = spec.lower()
     if lower.split("-")[0] in LANGUAGES:
@@ -1131,6 +1218,7 @@ def load_labels(spec: str) -> tuple[Labels | None, dict[str, Any]]:
                         fix="give a .nemo file saved by NeMo's save_to()",
                     )
                 cfg = OmegaConf.create(tar.extractfile(member).read().decode("utf-8"))
+                tokenizer = _nemo_tokenizer(spec, tar, _model_section(cfg).get("tokenizer"))
         except (tarfile.TarError, EOFError, OSError) as e:
             raise input_error(
                 f"cannot read {spec} as a .nemo archive: {e}",
@@ -1138,7 +1226,7 @@ def load_labels(spec: str) -> tuple[Labels | None, dict[str, Any]]:
                 fix="give an intact .nemo file (it may be truncated)",
             ) from None
     else:
-        cfg = OmegaConf.load(spec)
+        cfg, tokenizer = OmegaConf.load(spec), None
     model = _model_section(cfg)
 
     def pick(*keys: str) -> Any:
@@ -1149,6 +1237,7 @@ def load_labels(spec: str) -> tuple[Labels | None, dict[str, Any]]:
         "normalize": bool(pick("train_ds.normalize_transcripts") or False),
         "parser": pick("train_ds.parser"),
         "frames": _config_frames(model, spec),
+        "tokenizer": tokenizer,
     }
     labels = expand_labels(pick("labels", "decoder.vocabulary", "train_ds.labels"), where=f"{spec}: labels")
     if labels is None and pick("tokenizer") is None:
@@ -1179,6 +1268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with its sample_rate and train_ds.normalize_transcripts/parser unless given here. Without it the "
         "characters are not checked.",
     )
+    ap.add_argument(
+        "--tokenizer-dir",
+        help="a subword model's tokenizer directory (model.tokenizer.dir): every transcript must encode "
+        "without <unk> (a .nemo BPE model given to --labels brings its own)",
+    )
+    ap.add_argument("--tokenizer-type", default="bpe", choices=("bpe", "wpe"), help="model.tokenizer.type")
     ap.add_argument("--languages", help="comma-separated allowed 'lang' values, e.g. en,de; every line needs one")
     ap.add_argument("--sample-rate", type=int, help="the model's sample rate in Hz; other rates give a warning")
     ap.add_argument(
@@ -1204,9 +1299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.normalize_transcripts if args.normalize_transcripts is not None else settings.get("normalize", False)
         )
         parser = args.parser or settings.get("parser")
+        tokenizer = settings.get("tokenizer")
+        if args.tokenizer_dir:
+            if labels is not None:
+                raise input_error(
+                    f"--labels {args.labels} gives characters, --tokenizer-dir a subword vocabulary",
+                    where="--tokenizer-dir", fix="give the one the model uses",
+                )
+            tokenizer = load_tokenizer(args.tokenizer_dir, args.tokenizer_type)
         checker = _ManifestChecker(
             labels, languages, sample_rate, normalize=normalize, parser=parser, check_audio=not args.no_audio,
-            frames=settings.get("frames"),
+            frames=settings.get("frames"), tokenizer=tokenizer,
         )
         errors = warnings = lines = 0
         for path in args.manifests:

@@ -1,6 +1,6 @@
 """Decoding helpers: LID-free multi-softmax decoding and early stopping.
 
-Multilingual evaluation (WER per language, WERR, LID accuracy, T_avg) is in
+Multilingual evaluation (WER and CER per language, WERR, LID accuracy, T_avg) is in
 :mod:`nemo_tl.decoding.multilingual_eval`.
 """
 

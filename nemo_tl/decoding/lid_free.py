@@ -4,12 +4,13 @@ Pure functions on frame-level LID log-posteriors; no model needed:
 
 - :func:`early_stopping`: the decoder switch-off rule and the average decoder time T_avg;
 - :func:`average_posteriors`: the utterance-level language posteriors (mean over valid frames);
-- :func:`choose_language`: the language with the highest average posterior among the decoders still on
-  (if the rule switched every decoder off, among those switched off last).
+- :func:`choose_language`: the language with the highest average posterior among the decoders still on.
 
 Frames are counted from 1. With s_l(t) = Σ_{t'≤t} log P_{t'}(l), decoder l is switched off at the
-first frame t with t > τ and s_l(t) < s_max(t) − s_th (s_max over all languages);
-t_l^off is that t, or T if it is never switched off, and T_avg = Σ_l t_l^off / T.
+first frame t with t > τ and s_l(t) < s_max(t) − s_th (s_max over all languages, Joshi et al.'s rule),
+except that at least one decoder stays on: if at frame t the rule would switch off every decoder still
+on, the one among them with the highest s_l(t) stays on (the lowest index on ties) and runs to the end.
+t_l^off is the switch-off frame, or T if l stays on, and T_avg = Σ_l t_l^off / T ≥ 1.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def early_stopping(
 
     Returns:
         ``(t_off, active, t_avg)``: t_l^off per utterance and language (long, (B, L)), whether
-        decoder l is still on at the last frame (bool, (B, L)), and T_avg = Σ_l t_l^off / T_b
-        (float, (B,)); unbatched input gives (L,), (L,) and a scalar. An utterance with no
-        frames keeps every decoder on and has T_avg = L.
+        decoder l is still on at the last frame (bool, (B, L); at least one per utterance), and
+        T_avg = Σ_l t_l^off / T_b ≥ 1 (float, (B,)); unbatched input gives (L,), (L,) and a scalar.
+        An utterance with no frames keeps every decoder on and has T_avg = L.
     """
     if not (min_frames >= 0) or not (threshold >= 0):
         raise ValueError(f"min_frames (τ) and threshold (s_th) must be ≥ 0 (inf: never), got {min_frames} and {threshold}")
@@ -73,6 +74,15 @@ def early_stopping(
 
     switched = off.any(dim=1)  # (B, L)
     first = off.double().argmax(dim=1) + 1  # first frame (counted from 1) where the rule holds
+    # The rule does not depend on which decoders are on, so the decoders still on at frame t are those
+    # whose first switch-off frame is ≥ t. If every decoder is switched off, the last ones go off together
+    # at t_last = max_l first_l: the one of them with the highest s_l(t_last) stays on instead.
+    last = torch.where(switched, first, torch.zeros_like(first)).max(dim=1).values  # (B,)
+    at_last = scores.gather(1, (last - 1).clamp(min=0).view(batch, 1, 1).expand(batch, 1, langs)).squeeze(1)
+    candidates = switched & (first == last.unsqueeze(1))  # (B, L): switched off together at t_last
+    keep = at_last.masked_fill(~candidates, -math.inf).argmax(dim=1)  # highest s_l(t_last), lowest index on ties
+    every_off = switched.all(dim=1)  # (B,)
+    switched = switched & ~(every_off.unsqueeze(1) & torch.nn.functional.one_hot(keep, langs).bool())
     t_off = torch.where(switched, first.long(), lengths.unsqueeze(1).expand(batch, langs))
     active = ~switched
     denom = lengths.double()
@@ -111,9 +121,9 @@ def choose_language(avg_post: torch.Tensor, active: torch.Tensor, t_off: torch.T
         t_off: same shape, switch-off frames t_l^off (from :func:`early_stopping`).
 
     Returns:
-        (B,) long (or a scalar). Every decoder can be off when the leading language changes after
-        τ; then the choice is among the decoders switched off last (largest t_l^off; without
-        ``t_off``, among all languages).
+        (B,) long (or a scalar). :func:`early_stopping` leaves at least one decoder on; for an
+        ``active`` with none on, the choice is among the decoders switched off last (largest
+        t_l^off; without ``t_off``, among all languages).
     """
     if t_off is None:
         t_off = torch.zeros_like(avg_post, dtype=torch.long)

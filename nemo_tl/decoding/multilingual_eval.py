@@ -1,6 +1,6 @@
-"""Multilingual evaluation (Joshi et al. 2021, Tables 2, 4, 5, 7): WER per language, average, WERR, LID, T_avg.
+"""Multilingual evaluation (Joshi et al. 2021, Tables 2, 4, 5, 7): WER and CER per language, averages, WERR, LID, T_avg.
 
-Pure metric functions (:func:`language_wers`, :func:`werr`) and a runner (:func:`evaluate`) that
+Pure metric functions (:func:`language_wers`, :func:`language_cers`, :func:`werr`) and a runner (:func:`evaluate`) that
 decodes manifests with a :class:`~nemo_tl.models.MultiSoftmaxRNNTModel` in one of three modes:
 
 - ``known``: the language of each utterance is given (``transcribe(lang=...)``);
@@ -26,6 +26,8 @@ __all__ = [
     "EvalResult",
     "evaluate",
     "format_table",
+    "language_cers",
+    "language_error_rates",
     "language_wers",
     "plot_sweep",
     "sweep",
@@ -36,22 +38,35 @@ __all__ = [
 MODES = ("known", "lid_free", "oracle")
 
 
-def language_wers(hyps: Sequence[str], refs: Sequence[str], langs: Sequence[str]) -> dict[str, tuple[float, int]]:
-    """WER per language and word-weighted average (key ``"avg"``): ``{lang: (WER %, reference words)}``.
+def language_error_rates(
+    hyps: Sequence[str], refs: Sequence[str], langs: Sequence[str], use_cer: bool = False
+) -> dict[str, tuple[float, int]]:
+    """WER (or CER) per language and weighted average (key ``"avg"``): ``{lang: (rate %, reference units)}``.
 
-    The average weights each language by its number of reference words (Σ errors / Σ words),
-    as in Joshi et al. Table 2.
+    Units are words (WER) or characters (CER, spaces included, as NeMo's ``use_cer``). The average
+    weights each language by its number of reference units (Σ errors / Σ units), as Joshi et al.
+    Table 2 does for words.
     """
     out: dict[str, tuple[float, int]] = {}
-    errors_total = words_total = 0.0
+    errors_total = units_total = 0.0
     for lang in dict.fromkeys(langs):
         idx = [i for i, x in enumerate(langs) if x == lang]
-        wer, words, *_ = word_error_rate_detail([hyps[i] for i in idx], [refs[i] for i in idx])
-        out[lang] = (100.0 * wer, int(words))
-        errors_total += wer * words
-        words_total += words
-    out["avg"] = (100.0 * errors_total / words_total if words_total else math.nan, int(words_total))
+        rate, units, *_ = word_error_rate_detail([hyps[i] for i in idx], [refs[i] for i in idx], use_cer=use_cer)
+        out[lang] = (100.0 * rate, int(units))
+        errors_total += rate * units
+        units_total += units
+    out["avg"] = (100.0 * errors_total / units_total if units_total else math.nan, int(units_total))
     return out
+
+
+def language_wers(hyps: Sequence[str], refs: Sequence[str], langs: Sequence[str]) -> dict[str, tuple[float, int]]:
+    """WER per language and word-weighted average (key ``"avg"``): ``{lang: (WER %, reference words)}``."""
+    return language_error_rates(hyps, refs, langs, use_cer=False)
+
+
+def language_cers(hyps: Sequence[str], refs: Sequence[str], langs: Sequence[str]) -> dict[str, tuple[float, int]]:
+    """CER per language and character-weighted average (key ``"avg"``): ``{lang: (CER %, reference characters)}``."""
+    return language_error_rates(hyps, refs, langs, use_cer=True)
 
 
 def werr(wer: float, baseline_wer: float) -> float:
@@ -61,7 +76,10 @@ def werr(wer: float, baseline_wer: float) -> float:
 
 @dataclass
 class EvalResult:
-    """One model in one mode: WERs, utterance LID accuracy (%), mean T_avg, and the raw outputs."""
+    """One model in one mode: WERs, utterance LID accuracy (%), mean T_avg, the raw outputs and CERs.
+
+    ``cers`` is computed from ``hyps``, ``refs`` and ``langs`` when not given.
+    """
 
     mode: str
     wers: dict[str, tuple[float, int]]
@@ -71,6 +89,11 @@ class EvalResult:
     hyps: list[str] = field(repr=False, default_factory=list)
     refs: list[str] = field(repr=False, default_factory=list)
     predicted: list[str | None] = field(repr=False, default_factory=list)
+    cers: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.cers and self.langs:
+            self.cers = language_cers(self.hyps, self.refs, self.langs)
 
 
 def _load(manifests: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
@@ -129,25 +152,31 @@ def sweep(
     settings: Sequence[tuple[float, float]],
     batch_size: int = 8,
 ) -> list[dict[str, float]]:
-    """LID-free WER / T_avg / LID accuracy for each (τ, s_th) (Joshi et al. Table 7)."""
+    """LID-free average WER / CER, T_avg and LID accuracy for each (τ, s_th) (Joshi et al. Table 7)."""
     rows = []
     for tau, s_th in settings:
         r = evaluate(model, manifests, "lid_free", batch_size, min_frames=tau, threshold=s_th)
         rows.append(
-            {"tau": tau, "s_th": s_th, "wer": r.wers["avg"][0], "t_avg": r.t_avg, "lid_accuracy": r.lid_accuracy}
+            {"tau": tau, "s_th": s_th, "wer": r.wers["avg"][0], "cer": r.cers["avg"][0], "t_avg": r.t_avg,
+             "lid_accuracy": r.lid_accuracy}
         )
     return rows
 
 
 def format_table(rows: Mapping[str, EvalResult], languages: Sequence[str], baseline: EvalResult | None = None) -> str:
-    """Rows of WER per language, average, WERR against ``baseline``, LID accuracy and T_avg."""
-    head = ["model"] + list(languages) + ["Avg.", "WERR", "LID acc", "T_avg"]
+    """Rows of WER per language and its word-weighted average, CER per language and its character-weighted
+    average, WERR and CERR against ``baseline``, LID accuracy and T_avg."""
+    head = ["model", *languages, "Avg.", *(f"{lang} CER" for lang in languages), "Avg. CER", "WERR", "CERR",
+            "LID acc", "T_avg"]
     lines = ["\t".join(head)]
     for name, r in rows.items():
-        cells = [name] + [fmt(r.wers[lang][0]) if lang in r.wers else "-" for lang in languages]
-        avg = r.wers["avg"][0]
-        cells.append(fmt(avg))
-        cells.append(fmt(werr(avg, baseline.wers["avg"][0])) if baseline is not None else "-")
+        cells = [name]
+        for rates in (r.wers, r.cers):
+            cells += [fmt(rates[lang][0]) if lang in rates else "-" for lang in languages]
+            cells.append(fmt(rates["avg"][0]) if "avg" in rates else "n/a")
+        for key in ("wers", "cers"):
+            avg, base = getattr(r, key).get("avg"), getattr(baseline, key).get("avg") if baseline is not None else None
+            cells.append(fmt(werr(avg[0], base[0])) if avg is not None and base is not None else "-")
         cells.append(fmt(r.lid_accuracy, ".1f") if r.lid_accuracy is not None else "-")
         cells.append(fmt(r.t_avg))
         lines.append("\t".join(cells))
@@ -158,7 +187,7 @@ def to_json(rows: Mapping[str, EvalResult]) -> str:
     """The rows as strict JSON (a WER or WERR that does not exist, such as NaN, is ``null``)."""
     return to_strict_json(
         {
-            k: {"mode": r.mode, "wers": r.wers, "lid_accuracy": r.lid_accuracy, "t_avg": r.t_avg}
+            k: {"mode": r.mode, "wers": r.wers, "cers": r.cers, "lid_accuracy": r.lid_accuracy, "t_avg": r.t_avg}
             for k, r in rows.items()
         },
         indent=2,
@@ -166,15 +195,16 @@ def to_json(rows: Mapping[str, EvalResult]) -> str:
 
 
 def plot_sweep(rows: Sequence[Mapping[str, float]], path: str) -> str:
-    """Save the (τ, s_th) trade-off as a PNG: WER and LID accuracy against T_avg, points labelled (τ, s_th)."""
+    """Save the (τ, s_th) trade-off as a PNG: WER, CER and LID accuracy against T_avg, points labelled (τ, s_th)."""
     from nemo_tl.utils.extras import require
 
     require("matplotlib", "plots").use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_wer, ax_lid) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     t_avg = [r["t_avg"] for r in rows]
-    for ax, key, label in ((ax_wer, "wer", "WER [%]"), (ax_lid, "lid_accuracy", "LID accuracy [%]")):
+    panels = (("wer", "WER [%]"), ("cer", "CER [%]"), ("lid_accuracy", "LID accuracy [%]"))
+    for ax, (key, label) in zip(axes, panels):
         ax.plot(t_avg, [r[key] for r in rows], "o")
         for r in rows:
             ax.annotate(f"τ={r['tau']:g}, s_th={r['s_th']:g}", (r["t_avg"], r[key]), fontsize=7)

@@ -160,9 +160,12 @@ def read_entries(directory: str, keys: Sequence[str], device: torch.device | str
 
 
 def model_hash(model: ASRModel) -> str:
-    """sha256 of a model's vocabulary and weights (state_dict names, shapes and bytes)."""
+    """sha256 of a model's vocabulary (:func:`~nemo_tl.transfer.tokens.model_tokens`: CTC or RNN-T, chars or
+    subwords) and weights (state_dict names, shapes and bytes)."""
+    from nemo_tl.transfer.tokens import model_tokens
+
     h = hashlib.sha256()
-    h.update(json.dumps(list(model.decoder.vocabulary)).encode("utf-8"))
+    h.update(json.dumps(model_tokens(model)).encode("utf-8"))
     for name, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from nemo_tl.distill.teachers import TeacherOutputs
-from nemo_tl.errors import input_error
 from nemo_tl.losses.kd import hidden_kd_loss, token_kd_loss, uncertainty_kd_loss
 from nemo_tl.losses.masks import frame_mask
 
@@ -149,11 +148,9 @@ def distillation_terms(
         projections: ``f"{k}:{student block}:{teacher block}"`` -> module mapping D_s to D_t, where the widths differ.
     """
     if weights.shape != (len(teachers), student_logits.shape[0]):
-        raise input_error(
+        raise ValueError(
             f"teacher weights have shape {tuple(weights.shape)}, expected (K, B) = "
-            f"({len(teachers)}, {student_logits.shape[0]})",
-            where="weights",
-            fix="build them with teacher_weights()",
+            f"({len(teachers)}, {student_logits.shape[0]}); build them with teacher_weights()"
         )
     zero = student_logits.new_zeros(())
     tok, unc, hid = zero, zero, zero

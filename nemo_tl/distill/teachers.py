@@ -17,6 +17,7 @@ import torch
 from nemo.collections.asr.models import ASRModel
 
 from nemo_tl.compat import preprocessor_sample_rate
+from nemo_tl.config_checks import checked_number, checked_section
 from nemo_tl.errors import input_error
 from nemo_tl.modules.uncertainty_decoder import UncertaintyConvASRDecoder
 from nemo_tl.transfer.base import load_base_model
@@ -101,16 +102,11 @@ def load_teachers(specs: Sequence[Any] | None, *, where: str = TEACHERS_KEY) -> 
                 where=here,
                 fix="write {model: path/to/teacher.nemo, weight: 1.0}",
             )
-        unknown = set(spec) - {"model", "weight"}
-        if unknown:
-            raise input_error(f"unknown keys {sorted(unknown)}", where=here, fix="use only `model` and `weight`")
-        weight = spec.get("weight", 1.0)
-        if not isinstance(weight, int | float) or isinstance(weight, bool) or weight < 0:
-            raise input_error(
-                f"teacher weight γ_{k} must be a number >= 0, got {weight!r}",
-                where=f"{here}.weight",
-                fix="use e.g. weight: 1.0 (equal weights as Kim et al.)",
-            )
+        spec = checked_section(spec, here, ("model", "weight"), fix="write {model: path/to/teacher.nemo, weight: 1.0}")
+        weight = checked_number(
+            spec.get("weight", 1.0), f"{here}.weight", finite=True,
+            fix="use e.g. weight: 1.0 (equal weights as Kim et al.)",
+        )
         model = load_base_model(spec["model"], what=f"teacher {k}", where=f"{here}.model")
         name = spec["model"] if isinstance(spec["model"], str) else type(spec["model"]).__name__
         teachers.append(Teacher(model=freeze_teacher(model), weight=float(weight), name=name))

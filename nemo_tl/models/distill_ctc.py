@@ -72,6 +72,12 @@ class DistillCTCModel(TransferCTCModel):
     def __init__(self, cfg: DictConfig, trainer: Trainer | None = None, *, base_model: ASRModel | None = None):
         distillation = DistillationConfig.from_section(OmegaConf.create(cfg).get("distillation"))
         super().__init__(cfg=cfg, trainer=trainer, base_model=base_model)
+        if self.regularization.active:
+            raise input_error(
+                "the forgetting regularizers (LwF, L2-SP, EWC) are not part of the distillation objective",
+                where="model.transfer.regularization",
+                fix="remove model.transfer.regularization, or fine-tune with TransferCTCModel to use them",
+            )
         self._teachers: list[Teacher] = []
         self._caches: list[TeacherCache] = []
         self._set_distillation(distillation)

@@ -133,7 +133,9 @@ class ManifestDataMixin:
         """The manifest checks of :mod:`nemo_tl.data.validate`; may return a copy reading filtered manifests."""
         if self._dataset_section is None or config.get("do_transcribe") or not config.get("manifest_filepath"):
             return config  # transcribe() and other temporary loaders are not validated
-        labels = config.get("labels") or self.cfg.get("labels")
+        # A subword model's cfg.labels (NeMo's RNN-T BPE sets it) lists tokenizer pieces, not characters.
+        subword = getattr(self, "tokenizer", None) is not None
+        labels = None if subword else config.get("labels") or self.cfg.get("labels")
         languages = self.cfg.get("languages")
         if languages is not None:
             languages = list(languages.keys()) if isinstance(languages, (Mapping, DictConfig)) else list(languages)
@@ -144,6 +146,7 @@ class ManifestDataMixin:
             sample_rate=config.get("sample_rate") or self.cfg.get("sample_rate"),
             section=self._dataset_section,
             frames=model_encoder_frames(self),  # transcripts the encoder's frames cannot align
+            tokenizer=getattr(self, "tokenizer", None),  # a subword model: transcripts it would encode with <unk>
         )
 
     def _manifest_dataset(self, config: DictConfig, augmentor: Any = None) -> Dataset:

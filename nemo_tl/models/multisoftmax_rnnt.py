@@ -13,12 +13,16 @@ An optional LID head on the encoder output is trained with frame-level CE
 (loss = RNN-T + ``lid.weight`` · CE) and drives LID-free decoding with early stopping
 (:mod:`nemo_tl.decoding.lid_free`). Every manifest line carries ``lang``; batches are
 :class:`~nemo_tl.data.batches.LanguageBatch` tuples, with each utterance's language index in ``lang_ids``.
+
+The model holds construction, encoding, the losses, the Lightning steps and NeMo's hooks; the
+capability's other pieces (config, dataset, LID-free decoding, DDP/BatchNorm and CUDA-graph policy,
+the pretrained start, the auxiliary CTC head, extraction) are in :mod:`nemo_tl.multilingual`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -26,45 +30,54 @@ import torch
 from lightning.pytorch import Trainer
 from nemo.collections.asr.losses.rnnt import RNNTLoss
 from nemo.collections.asr.metrics.wer import WER
+from nemo.collections.asr.models import ASRModel
 from nemo.collections.asr.models.rnnt_models import EncDecRNNTModel
 from nemo.collections.asr.parts.mixins import TranscribeConfig
 from nemo.collections.asr.parts.preprocessing.perturb import process_augmentations
 from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTDecoding, RNNTDecodingConfig
 from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
-from nemo.collections.common.parts.optional_cuda_graphs import WithOptionalCudaGraphs
-from nemo.collections.common.parts.preprocessing.parsers import make_parser
 from nemo.utils import logging, model_utils
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_tl.compat import (
-    AudioTextDataset,
-    avoid_conditional_graphs,
-    ddp_find_unused_parameters,
-    metric_sync_disabled,
-    preprocessor_sample_rate,
-    speech_collate_fn,
-)
+from nemo_tl.compat import metric_sync_disabled, preprocessor_sample_rate
 from nemo_tl.config_checks import checked_number
 from nemo_tl.data.batches import LanguageBatch
 from nemo_tl.data.frames import model_encoder_frames
-from nemo_tl.data.manifest import flatten_manifest_filepath, read_manifest
+from nemo_tl.data.manifest import flatten_manifest_filepath
 from nemo_tl.data.validate import check_dataset_config
-from nemo_tl.decoding.lid_free import average_posteriors, choose_language, early_stopping
+from nemo_tl.decoding.lid_free import average_posteriors
 from nemo_tl.decoding.stacked import StackedLanguageDecoding
 from nemo_tl.errors import input_error
 from nemo_tl.losses.lid import frame_lid_loss
 from nemo_tl.models.mixins import ManifestDataMixin
 from nemo_tl.modules.multisoftmax import LIDHead
-from nemo_tl.multilingual.config import (
-    ARCHITECTURES,
-    MULTILINGUAL_KEYS,
-    NEMO_DECODER,
-    NEMO_JOINT,
-    MultilingualConfig,
-    prepare_multilingual_config,
+from nemo_tl.multilingual import cuda_graphs
+from nemo_tl.multilingual.aux_ctc import AuxCTCHead
+from nemo_tl.multilingual.config import ARCHITECTURES, MultilingualConfig, prepare_multilingual_config
+from nemo_tl.multilingual.dataset import (
+    LanguageAudioToCharDataset,
+    append_language_onehot,
+    concatenated_loader,
+    language_dataset,
 )
+from nemo_tl.multilingual.extraction import extract_language
+from nemo_tl.multilingual.lid_free import build_stacked_decoding, lid_free_decode, script_language
+from nemo_tl.multilingual.one_language_batches import (
+    FreezeBatchNormAfter,
+    batch_norm_warning,
+    expect_unused_parameters,
+)
+from nemo_tl.multilingual.pretrained import (
+    config_from_base,
+    from_base_config,
+    load_multilingual_base,
+    nemo_init_sources,
+    start_from_base,
+)
+from nemo_tl.multilingual.transcribe import MultilingualTranscribeConfig, file_languages
 from nemo_tl.training import AtomicSaveMixin, ResumeRNGState, SkipNonFiniteStepMixin
+from nemo_tl.transfer.freezing import freeze_encoder_blocks
 
 __all__ = [
     "ARCHITECTURES",
@@ -75,119 +88,38 @@ __all__ = [
     "prepare_multilingual_config",
 ]
 
-_BATCH_NORMS = (torch.nn.modules.batchnorm._BatchNorm,)  # batch statistics shared across utterances
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-
-
-class _LanguageCharParser:
-    """NeMo char parser per language: ``parser(text, lang)`` → that language's label ids.
-
-    Marked ``is_aggregate`` so that NeMo's ``ASRAudioText`` passes each line's ``lang``.
-    """
-
-    is_aggregate = True
-
-    def __init__(self, vocabularies: Mapping[str, Sequence[str]], normalize: bool = False):
-        self._parsers = {
-            lang: make_parser(labels=list(labels), name="base", unk_id=-1, blank_id=-1, do_normalize=normalize)
-            for lang, labels in vocabularies.items()
-        }
-
-    def __call__(self, text: str, lang: str) -> list[int] | None:
-        return self._parsers[lang](text)
-
-
-class LanguageAudioToCharDataset(AudioTextDataset):
-    """NeMo's char dataset, tokenizing each line with its language's labels and returning its language.
-
-    Items are NeMo's ``(audio, audio_len, tokens, tokens_len)`` plus the language index (its
-    position in ``languages``); batches are :class:`~nemo_tl.data.batches.LanguageBatch`
-    ``(audio, audio_lens, tokens, token_lens, lang_ids)``.
-
-    Args:
-        manifest_filepath: manifest(s); every line has ``lang``.
-        vocabularies: ``{lang: labels}`` in LID order. For the union softmax (vanilla/onehot)
-            pass the union labels under every language.
-        sample_rate, max_duration, min_duration, trim, normalize: as NeMo's AudioToCharDataset.
-    """
-
-    def __init__(
-        self,
-        manifest_filepath: str | list[str],
-        vocabularies: Mapping[str, Sequence[str]],
-        sample_rate: int,
-        max_duration: float | None = None,
-        min_duration: float | None = None,
-        trim: bool = False,
-        normalize: bool = False,
-        **kwargs: Any,
-    ):
-        self.lang_index = {lang: i for i, lang in enumerate(vocabularies)}
-        super().__init__(
-            manifest_filepath=manifest_filepath,
-            parser=_LanguageCharParser(vocabularies, normalize=normalize),
-            sample_rate=sample_rate,
-            max_duration=max_duration,
-            min_duration=min_duration,
-            trim=trim,
-            **kwargs,
-        )
-
-    def _process_sample(self, index: int):
-        lang = self.manifest_processor.collection[index].lang
-        return (*super()._process_sample(index), torch.tensor(self.lang_index[lang], dtype=torch.long))
-
-    def _collate_fn(self, batch) -> LanguageBatch:
-        base = speech_collate_fn([b[:-1] for b in batch], pad_id=self.manifest_processor.pad_id)
-        return LanguageBatch(*base, lang_ids=torch.stack([b[-1] for b in batch]))
-
-    def collate_fn(self, batch):
-        return self._collate_fn(batch)
-
-    @property
-    def hours(self) -> float:
-        """Total audio duration in hours (the default mixing weight)."""
-        return sum(s.duration or 0.0 for s in self.manifest_processor.collection) / 3600.0
-
-
-def append_language_onehot(features: torch.Tensor, lang_ids: torch.Tensor, num_languages: int) -> torch.Tensor:
-    """Append the language one-hot to every frame: (B, D, T) → (B, D + L, T) (the ``onehot`` baseline)."""
-    onehot = torch.nn.functional.one_hot(lang_ids.long(), num_languages).to(features.dtype)  # (B, L)
-    return torch.cat([features, onehot.unsqueeze(-1).expand(-1, -1, features.shape[-1])], dim=1)
-
-
-@dataclass
-class MultilingualTranscribeConfig(TranscribeConfig):
-    """NeMo's TranscribeConfig plus the language (one code, or one per file; None: LID-free) and τ, s_th."""
-
-    languages: str | list[str] | None = None
-    min_frames: float | None = None
-    threshold: float | None = None
-    _offset: int = field(default=0, repr=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Model
-
 
 class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDataMixin, EncDecRNNTModel):
     """Multilingual RNN-T: multi-softmax (or vanilla / onehot baselines) with an integrated LID head.
 
     Config keys (besides NeMo's RNN-T keys): ``languages`` ({lang: {labels}}, order = LID index),
     ``architecture``, ``language_specific_prediction``, ``lid`` {enabled, weight},
-    ``lid_free`` {min_frames (τ), threshold (s_th)}. See ``conf/multisoftmax_rnnt.yaml``.
+    ``lid_free`` {min_frames (τ), threshold (s_th)}, ``aux_ctc`` {ctc_loss_weight}, ``transfer`` (a
+    pretrained start: :meth:`from_base`). See ``conf/multisoftmax_rnnt.yaml``.
+
+    ``base_model`` (keyword only): a loaded base to start from instead of ``transfer.base_model``.
     """
 
-    def __init__(self, cfg: DictConfig, trainer: Trainer | None = None):
+    def __init__(self, cfg: DictConfig, trainer: Trainer | None = None, *, base_model: ASRModel | None = None):
         cfg = model_utils.convert_model_config_to_dict_config(cfg)
         cfg = model_utils.maybe_update_config_version(cfg)
         self.multilingual = MultilingualConfig.from_model_config(cfg)  # read from here, validated once
+        transfer = self.multilingual.transfer
+        base = None
+        if transfer is not None and not self._is_model_being_restored():  # a restored model has its weights
+            spec = base_model if base_model is not None else transfer.base_model
+            if spec is not None:
+                base = load_multilingual_base(spec)
+                cfg = config_from_base(cfg, base)
         cfg = self.multilingual.apply(cfg)
         super().__init__(cfg=cfg, trainer=trainer)
         self.lid_head = LIDHead(self.cfg.model_defaults.enc_hidden, len(self.languages)) if self.lid_enabled else None
+        self.aux_ctc = None
+        if self.multilingual.aux_ctc_weight > 0:
+            self.aux_ctc = AuxCTCHead(
+                self.cfg.model_defaults.enc_hidden, self.vocabularies, self.multilingual.union_labels,
+                per_language_ids=self.is_multisoftmax,
+            )
         if self.is_multisoftmax:
             loss_name, loss_kwargs = self.extract_rnnt_loss_cfg(self.cfg.get("loss", None))
             self.loss = torch.nn.ModuleDict(
@@ -204,10 +136,61 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
             self.change_decoding_strategy(self.cfg.decoding, verbose=False)
         else:  # vanilla / onehot: the one decoding EncDecRNNTModel built
             self._limit_graphs_mode(self.decoding)
+        self.transfer_report: dict[str, dict[str, int]] = {}
+        if base is not None and not transfer.reinitialize:
+            self.transfer_report = start_from_base(self, base, transfer)
+        blocks = transfer.freeze_encoder_blocks if transfer is not None else 0
+        self.frozen_blocks = freeze_encoder_blocks(self.encoder, blocks)
+
+    @classmethod
+    def from_base(
+        cls,
+        base: str | ASRModel,
+        languages: Mapping[str, Any] | Sequence[str],
+        *,
+        architecture: str = "multisoftmax",
+        vocabulary: str = "keep_shared",
+        new_label_init: str = "zero",
+        freeze_encoder_blocks: int = 0,
+        reinitialize: bool = False,
+        cfg: DictConfig | dict | None = None,
+        trainer: Trainer | None = None,
+    ) -> MultiSoftmaxRNNTModel:
+        """A multilingual RNN-T whose preprocessor and encoder come from a pretrained NeMo ASR model.
+
+        Args:
+            base: a NeMo ASR model (CTC, RNN-T or hybrid; characters or subwords), a ``.nemo`` path or a
+                pretrained name.
+            languages: ``{lang: labels}`` (a list of characters or a language code) or language codes.
+            architecture, vocabulary, new_label_init, freeze_encoder_blocks, reinitialize: ``model.architecture``
+                and the ``model.transfer`` keys (:mod:`nemo_tl.multilingual.pretrained`).
+            cfg: further ``model`` keys over ``conf/multisoftmax_rnnt.yaml``'s (``train_ds``, ``optim``, ...);
+                its preprocessor and encoder come from the base (a ``preprocessor`` given here must match it).
+        """
+        base_model = load_multilingual_base(base)
+        full = from_base_config(
+            base, base_model, languages, architecture=architecture, vocabulary=vocabulary,
+            new_label_init=new_label_init, freeze_encoder_blocks=freeze_encoder_blocks, reinitialize=reinitialize,
+            cfg=cfg,
+        )
+        return cls(cfg=full, trainer=trainer, base_model=base_model)
+
+    def maybe_init_from_pretrained_checkpoint(self, cfg: DictConfig, map_location: str = "cpu") -> None:
+        """NeMo's ``init_from_nemo_model`` / ``init_from_pretrained_model`` with any NeMo ASR model as the source.
+
+        Every source is loaded and checked first (:func:`nemo_tl.multilingual.pretrained.nemo_init_sources`:
+        InputError for a missing file, a non-ASR model, another preprocessor, parameters of other shapes);
+        then NeMo copies the weights, with its ``include`` / ``exclude`` handling.
+        """
+        with nemo_init_sources(self, cfg):
+            super().maybe_init_from_pretrained_checkpoint(cfg, map_location=map_location)
 
     def configure_callbacks(self) -> list:
-        """Every fit keeps the RNG states in its checkpoints, for an exact mid-epoch resume."""
-        return [ResumeRNGState()]
+        """Every fit keeps the RNG states in its checkpoints (exact mid-epoch resume); BatchNorm freezes at its step."""
+        callbacks: list = [ResumeRNGState()]
+        if self.multilingual.freeze_batch_norm_after is not None:
+            callbacks.append(FreezeBatchNormAfter(self.multilingual.freeze_batch_norm_after))
+        return callbacks
 
     def _wire_fused_joints(self) -> None:
         """With ``joint.fuse_loss_wer``, give each language's NeMo joint its language's loss and WER.
@@ -219,54 +202,17 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
             self.joint.set_wer(self.lang_wer)
 
     def setup(self, stage: str | None = None) -> None:
-        """Under DDP, let the parameters of languages absent from a batch go unused.
-
-        A one-language batch leaves the other languages' embeddings, joints and softmaxes without
-        gradient, which DDP's default refuses; ask the Trainer's DDP strategy (before it wraps the
-        model) to expect that, so ``trainer.strategy=ddp`` works as it is.
-        """
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = getattr(self.trainer, "strategy", None)
-        if isinstance(strategy, DDPStrategy) and self.is_multisoftmax:
-            if ddp_find_unused_parameters(strategy):
-                logging.info("MultiSoftmaxRNNTModel: DDP set to find_unused_parameters=True (one language a batch)")
+        """Under DDP, let the parameters of languages absent from a batch go unused; warn about BatchNorm."""
+        if self.is_multisoftmax and expect_unused_parameters(self.trainer):
+            logging.info("MultiSoftmaxRNNTModel: DDP set to find_unused_parameters=True (one language a batch)")
         if stage in (None, "fit"):
-            self._warn_batch_norm_with_one_language_batches()
-        super().setup(stage)
-
-    def on_train_batch_start(self, batch, batch_idx, *args):
-        """From ``freeze_batch_norm_after`` steps on, the encoder's BatchNorm layers normalize with running statistics.
-
-        With one language per batch, BatchNorm in training mode normalizes every batch with that one
-        language's statistics, while inference uses running statistics mixed over languages; frozen
-        statistics (estimated over many batches of every language) make training see what inference
-        sees and keep the differences between languages in the encoder output. The affine weights
-        keep training. Applied at every batch, since Lightning switches the model back to training mode.
-        """
-        after = self.multilingual.freeze_batch_norm_after
-        if after is not None and self.trainer is not None and self.trainer.global_step >= after:
-            for module in self.encoder.modules():
-                if isinstance(module, _BATCH_NORMS):
-                    module.eval()
-        return super().on_train_batch_start(batch, batch_idx, *args)
-
-    def _warn_batch_norm_with_one_language_batches(self) -> None:
-        """A BatchNorm encoder normalizes each one-language batch with that language's statistics: say so."""
-        mixing = (self.cfg.get("train_ds") or {}).get("mixing") or {}
-        if self.lid_head is None or not mixing.get("per_batch", False):
-            return
-        if self.multilingual.freeze_batch_norm_after is not None:
-            return
-        norms = sorted({type(m).__name__ for m in self.encoder.modules() if isinstance(m, _BATCH_NORMS)})
-        if norms:
-            logging.warning(
-                f"model.encoder uses {', '.join(norms)} and every training batch holds one language "
-                "(model.train_ds.mixing.per_batch): the batch statistics then come from one language, which "
-                "hides much of what the LID head learns from. Use an encoder without BatchNorm (the default "
-                "ConformerEncoder with conv_norm_type: layer_norm), model.freeze_batch_norm_after=N (running "
-                "statistics from step N on) or model.train_ds.mixing.per_batch=false."
+            warning = batch_norm_warning(
+                self.encoder, self.cfg.get("train_ds"), self.lid_head is not None,
+                self.multilingual.freeze_batch_norm_after,
             )
+            if warning:
+                logging.warning(warning)
+        super().setup(stage)
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -346,17 +292,7 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
             self._limit_graphs_mode(decoding)
         return decodings
 
-    # ---- CUDA graphs ----------------------------------------------------------------------
-    # NeMo's greedy label-looping decoder runs as CUDA graphs (``decoding.greedy.use_cuda_graph_decoder``).
-    # Its full-graph mode (while loops as conditional nodes) crashes with an illegal memory access as
-    # soon as one process replays the graphs of two decoders in turn (plain NeMo 3.0 too: two
-    # EncDecRNNTModels, torch 2.11 + CUDA 13; bench/repro_cuda_graphs.py). A multilingual model holds
-    # one decoder per language plus the batched LID-free one, so it uses NeMo's other graph mode,
-    # no_while_loops (graphs for the loop bodies, loops in Python), unless ``model.cuda_graphs_mode``
-    # says full_graph. NeMo's frame-looping decoder (``greedy.loop_labels: false``) has only a
-    # conditional-node graph, which crashes the same way (docs/PERFORMANCE.md §4, fifth session):
-    # it loops in Python unless full_graph. NeMo's hooks (training off, validation/test on) reach
-    # every decoder.
+    # ---- CUDA graphs (policy: nemo_tl.multilingual.cuda_graphs) ---------------------------
 
     def _decodings(self) -> list[RNNTDecoding]:
         """Every NeMo decoding the model holds: one per language (or the union one) and the batched LID-free one."""
@@ -369,30 +305,16 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         return decodings
 
     def _limit_graphs_mode(self, decoding: RNNTDecoding) -> None:
-        """No conditional-node CUDA graphs in ``decoding`` (unless the config asks for full_graph).
-
-        Label looping: NeMo's full-graph mode becomes no_while_loops. Frame looping: NeMo's graph
-        decoder (one conditional-node graph) gives way to its loop without graphs.
-        """
-        if self.multilingual.cuda_graphs_mode != "full_graph":
-            avoid_conditional_graphs(decoding.decoding)
+        cuda_graphs.limit_graphs_mode(decoding, self.multilingual.cuda_graphs_mode)
 
     def maybe_enable_cuda_graphs(self, force_reinit: bool = False) -> bool:
         """NeMo's hook, for every decoder of the model; True if any decoder's state changed."""
         changed = self.disable_cuda_graphs() if force_reinit else False
-        for decoding in self._decodings():
-            if isinstance(decoding.decoding, WithOptionalCudaGraphs):
-                changed |= decoding.decoding.maybe_enable_cuda_graphs()
-                self._limit_graphs_mode(decoding)
-        return changed
+        return cuda_graphs.enable_cuda_graphs(self._decodings(), self.multilingual.cuda_graphs_mode) or changed
 
     def disable_cuda_graphs(self) -> bool:
         """NeMo's hook, for every decoder of the model; True if any decoder's state changed."""
-        changed = False
-        for decoding in self._decodings():
-            if isinstance(decoding.decoding, WithOptionalCudaGraphs):
-                changed |= decoding.decoding.disable_cuda_graphs()
-        return changed
+        return cuda_graphs.disable_cuda_graphs(self._decodings())
 
     def change_vocabulary(self, new_vocabulary: list[str], decoding_cfg: DictConfig | None = None) -> None:
         raise input_error(
@@ -412,16 +334,7 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
 
     def _manifest_dataset(self, config: DictConfig, augmentor: Any = None) -> LanguageAudioToCharDataset:
         """The dataset of one manifest (used by the mixed loader of ManifestDataMixin, too)."""
-        return LanguageAudioToCharDataset(
-            manifest_filepath=config.manifest_filepath,
-            vocabularies=self._dataset_vocabularies(),
-            sample_rate=config.get("sample_rate") or self.cfg.sample_rate,
-            max_duration=config.get("max_duration"),
-            min_duration=config.get("min_duration"),
-            trim=config.get("trim_silence", False),
-            normalize=config.get("normalize_transcripts", False),
-            augmentor=augmentor,
-        )
+        return language_dataset(config, self._dataset_vocabularies(), self.cfg.sample_rate, augmentor)
 
     def _setup_dataloader_from_config(self, config: DictConfig | dict | None):
         """Per-language datasets; with ``mixing``, ManifestDataMixin's mixed loader over them.
@@ -454,16 +367,7 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
             with open_dict(one):
                 one.manifest_filepath = path
             datasets.append(self._manifest_dataset(one, augmentor))
-        dataset = datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
-        return torch.utils.data.DataLoader(
-            dataset=dataset,
-            batch_size=config["batch_size"],
-            collate_fn=datasets[0].collate_fn,
-            drop_last=config.get("drop_last", False),
-            shuffle=config.get("shuffle", False),
-            num_workers=config.get("num_workers", 0),
-            pin_memory=config.get("pin_memory", False),
-        )
+        return concatenated_loader(datasets, config)
 
     def _setup_transcribe_dataloader(self, config: dict) -> torch.utils.data.DataLoader:
         # transcribe() lists files without text or language: use NeMo's plain char loader for them.
@@ -584,10 +488,15 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         rnnt = self.rnnt_loss(encoded, encoded_len, batch.tokens, batch.token_lens, batch.lang_ids)
         parts = {"rnnt_loss": rnnt}
         loss = rnnt
+        if self.aux_ctc is not None:  # NeMo's hybrid weighting: (1 − w) RNN-T + w CTC
+            ctc = self.aux_ctc(encoded, encoded_len, batch.tokens, batch.token_lens, batch.lang_ids)
+            parts["ctc_loss"] = ctc
+            weight = self.multilingual.aux_ctc_weight
+            loss = (1 - weight) * rnnt + weight * ctc
         if self.lid_head is not None:
             lid = frame_lid_loss(self.lid_head(encoded), encoded_len, batch.lang_ids)
             parts["lid_loss"] = lid
-            loss = rnnt + self.multilingual.lid.weight * lid
+            loss = loss + self.multilingual.lid.weight * lid
         return loss, parts, encoded, encoded_len
 
     # ---- Lightning steps -------------------------------------------------------------------
@@ -680,7 +589,7 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         also carry ``.lang_hypotheses`` ``{lang: text}`` and ``.lang_scores`` ``{lang: log-score}`` for the
         decoders still on (without a LID head, the best score picks the language).
         """
-        languages = self._file_languages(audio, lang)
+        languages = file_languages(audio, lang, self.languages, self.architecture)
         if override_config is not None:  # keep the caller's settings, add the multilingual ones
             base = {f.name: getattr(override_config, f.name) for f in fields(TranscribeConfig)}
             trcfg = MultilingualTranscribeConfig(**base)
@@ -703,40 +612,6 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
             threshold = checked_number(threshold, "transcribe(threshold=...)", fix="give s_th ≥ 0 (inf: never)")
         trcfg.min_frames, trcfg.threshold = min_frames, threshold
         return super().transcribe(audio=audio, override_config=trcfg)
-
-    def _file_languages(self, audio: Any, lang: str | Sequence[str] | None) -> list[str] | None:
-        if lang is None:
-            if self.architecture == "onehot":
-                raise input_error(
-                    "the onehot model needs the language of every file",
-                    where="transcribe(lang=...)",
-                    fix="pass lang='xx' (or one per file); LID-free decoding needs architecture multisoftmax",
-                )
-            return None
-        if isinstance(lang, str):
-            names = [lang]
-        else:
-            names = list(lang)
-            if isinstance(audio, str) and audio.endswith((".json", ".jsonl")):
-                count = len(read_manifest(audio))
-            elif isinstance(audio, (list, tuple)):
-                count = len(audio)
-            else:
-                count = 1 if isinstance(audio, (str, np.ndarray, torch.Tensor)) else len(names)
-            if len(names) != count:
-                raise input_error(
-                    f"{len(names)} languages for {count} files",
-                    where="transcribe(lang=...)",
-                    fix="pass one language code, or one per file",
-                )
-        unknown = sorted({n for n in names if n not in self.multilingual.vocabularies})
-        if unknown:
-            raise input_error(
-                f"unknown language(s) {', '.join(map(repr, unknown))} (known: {', '.join(self.languages)})",
-                where="transcribe(lang=...)",
-                fix="use one of the model's languages",
-            )
-        return lang if isinstance(lang, str) else names
 
     def _transcribe_forward(self, batch: Any, trcfg: TranscribeConfig):
         signal, signal_len = batch[0], batch[1]
@@ -784,7 +659,7 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         elif not self.is_multisoftmax:  # vanilla: one union softmax; language from the script
             hyps = self._decode(None, encoded, encoded_len)
             for i, h in enumerate(hyps):
-                chosen[i] = self._script_language(h.text, avg[i] if avg is not None else None)
+                chosen[i] = script_language(h.text, self.vocabularies, avg[i] if avg is not None else None)
         else:
             hyps, chosen, t_avg = self._lid_free(encoded, encoded_len, log_post, avg, trcfg)
 
@@ -802,136 +677,26 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
 
     def _lid_free(self, encoded, encoded_len, log_post, avg, trcfg):
         """Every language's decoder on the one encoder output; early stopping picks who runs to the end."""
-        batch, num_langs = encoded.shape[0], len(self.languages)
-        best = None
-        if log_post is not None:
-            tau, s_th = getattr(trcfg, "min_frames", None), getattr(trcfg, "threshold", None)
-            tau = self.multilingual.lid_free.min_frames if tau is None else tau
-            s_th = self.multilingual.lid_free.threshold if s_th is None else s_th
-            t_off, active, t_avg = early_stopping(log_post, encoded_len, min_frames=tau, threshold=s_th)
-            active, t_off = active.cpu(), t_off.cpu()
-            best = choose_language(avg.cpu(), active, t_off)
-            # The chosen decoder runs to the end even when the rule switched every decoder off.
-            run = active | torch.nn.functional.one_hot(best, num_langs).bool()
-            best = best.tolist()
-        else:  # no LID head: run all decoders, pick the best-scoring hypothesis
-            run = torch.ones(batch, num_langs, dtype=torch.bool)
-            t_avg = torch.full((batch,), float(num_langs), dtype=torch.double)
-        per_lang: list[dict[str, Hypothesis]] = [{} for _ in range(batch)]
-        stacked = self._stacked_decoding()
-        if stacked is not None:  # one batched decoding of every (utterance, language) pair
-            lengths = encoded_len.cpu().unsqueeze(1).expand(batch, num_langs)
-            if log_post is not None:  # a decoder switched off stops at t_l^off
-                lengths = torch.where(run, lengths, torch.minimum(t_off, lengths))
-            every = stacked(encoded, lengths)
-            for i in range(batch):
-                per_lang[i] = {lang: every[i][j] for j, lang in enumerate(self.languages) if run[i, j]}
-        else:  # one decoder after another, each on the utterances where it is still on
-            for j, lang in enumerate(self.languages):
-                rows = run[:, j].nonzero(as_tuple=True)[0].tolist()
-                if not rows:
-                    continue
-                sub = self._decode(lang, encoded[rows], encoded_len[rows])
-                for i, h in zip(rows, sub):
-                    per_lang[i][lang] = h
-        if best is None:
-            best = [max(range(num_langs), key=lambda j, d=d: d[self.languages[j]].score) for d in per_lang]
-        hyps, chosen = [], []
-        for i in range(batch):
-            lang = self.languages[best[i]]
-            h = per_lang[i][lang]
-            h.lang_hypotheses = {k: v.text for k, v in per_lang[i].items()}
-            h.lang_scores = {k: float(v.score) for k, v in per_lang[i].items()}
-            hyps.append(h)
-            chosen.append(lang)
-        return hyps, chosen, t_avg.cpu()
+        tau, s_th = getattr(trcfg, "min_frames", None), getattr(trcfg, "threshold", None)
+        return lid_free_decode(
+            encoded, encoded_len, self.languages, self._decode, self._stacked_decoding(), log_post, avg,
+            min_frames=self.multilingual.lid_free.min_frames if tau is None else tau,
+            threshold=self.multilingual.lid_free.threshold if s_th is None else s_th,
+        )
 
     def _stacked_decoding(self) -> StackedLanguageDecoding | None:
         """The batched all-languages greedy decoder (built once per decoding config), or None where unsupported."""
         cached = self.__dict__.get("_stacked")
         if cached is not None and cached[0] is self.cfg.decoding:
             return cached[1]
-        stacked = self._new_stacked_decoding(self.cfg.decoding)
+        stacked = build_stacked_decoding(
+            self.decoder, self.joint, self.vocabularies, self.cfg.decoding, self.multilingual.cuda_graphs_mode
+        )
         self.__dict__["_stacked"] = (self.cfg.decoding, stacked)
         return stacked
-
-    def _new_stacked_decoding(self, decoding_cfg: DictConfig) -> StackedLanguageDecoding | None:
-        """A batched all-languages greedy decoder for ``decoding_cfg``, or None where it cannot stack."""
-        if not StackedLanguageDecoding.supports(self.decoder, decoding_cfg):
-            return None
-        stacked = StackedLanguageDecoding(
-            {lang: self.decoder[lang] for lang in self.languages},
-            {lang: self.joint[lang] for lang in self.languages},
-            self.vocabularies,
-            decoding_cfg,
-        )
-        self._limit_graphs_mode(stacked.decoding)
-        return stacked
-
-    def _script_language(self, text: str, avg: torch.Tensor | None) -> str:
-        """Language of a union-softmax hypothesis: most characters unique to one language (then LID, then first)."""
-        vocab = self.vocabularies
-        owners = {c: [lang for lang, labels in vocab.items() if c in labels] for c in set(text)}
-        counts = {lang: sum(1 for c in text if owners.get(c) == [lang]) for lang in vocab}
-        top = max(counts.values()) if counts else 0
-        if top > 0:
-            return max(counts, key=counts.get)
-        if avg is not None:
-            return self.languages[int(avg.argmax())]
-        return self.languages[0]
 
     # ---- extraction ------------------------------------------------------------------------
 
     def extract_language(self, lang: str) -> EncDecRNNTModel:
-        """A plain NeMo EncDecRNNTModel for ``lang``: shared encoder/preprocessor + that language's decoder and joint.
-
-        Multi-softmax: the language's embedding, (shared or LSP) prediction network and joint.
-        Vanilla: the union model with its embedding and softmax cut to ``lang``'s labels + blank.
-        The result saves as ``.nemo``, restores without nemo_tl and fine-tunes as a monolingual model.
-        """
-        if lang not in self.multilingual.vocabularies:
-            raise input_error(
-                f"unknown language {lang!r} (known: {', '.join(self.languages)})",
-                where="extract_language",
-                fix="use one of the model's languages",
-            )
-        if self.architecture == "onehot":
-            raise input_error(
-                "the onehot model's encoder needs the language one-hot, so it has no plain NeMo equivalent",
-                where="model.architecture",
-                fix="extract from a multisoftmax (or vanilla) model",
-            )
-        labels = self.vocabularies[lang]
-        cfg = OmegaConf.to_container(self.cfg, resolve=True)
-        for key in MULTILINGUAL_KEYS:
-            cfg.pop(key, None)
-        cfg["target"] = f"{EncDecRNNTModel.__module__}.{EncDecRNNTModel.__name__}"
-        cfg["labels"] = labels
-        dec = {k: v for k, v in cfg["decoder"].items() if k not in ("vocab_sizes", "language_specific_prediction")}
-        dec.update({"_target_": NEMO_DECODER, "vocab_size": len(labels)})
-        joint = {k: v for k, v in cfg["joint"].items() if k != "vocabularies"}
-        joint.update({"_target_": NEMO_JOINT, "num_classes": len(labels), "vocabulary": labels})
-        cfg["decoder"], cfg["joint"] = dec, joint
-        for key in ("train_ds", "validation_ds", "test_ds"):
-            if cfg.get(key) is not None:
-                ds = {k: v for k, v in cfg[key].items() if k != "mixing"}
-                ds.update({"manifest_filepath": None, "labels": labels})
-                cfg[key] = ds
-        mono = EncDecRNNTModel(cfg=OmegaConf.create(cfg))
-        mono.preprocessor.load_state_dict(self.preprocessor.state_dict())
-        mono.encoder.load_state_dict(self.encoder.state_dict())
-        if self.is_multisoftmax:
-            mono.decoder.load_state_dict(self.decoder[lang].state_dict())
-            mono.joint.load_state_dict(self.joint[lang].state_dict())
-        else:
-            union = list(self.cfg.labels)
-            keep = torch.tensor([union.index(c) for c in labels] + [len(union)])  # + blank
-            dec_state = self.decoder.state_dict()
-            dec_state["prediction.embed.weight"] = dec_state["prediction.embed.weight"][keep]
-            mono.decoder.load_state_dict(dec_state)
-            joint_state = self.joint.state_dict()
-            last = max(k for k in joint_state if k.startswith("joint_net.") and k.endswith(".weight"))
-            for key in (last, last.replace(".weight", ".bias")):
-                joint_state[key] = joint_state[key][keep]
-            mono.joint.load_state_dict(joint_state)
-        return mono
+        """A plain NeMo EncDecRNNTModel for ``lang`` (:func:`nemo_tl.multilingual.extract_language`)."""
+        return extract_language(self, lang)

@@ -2,7 +2,8 @@
 
 ``model.languages`` ({lang: {labels}}, order = LID index), ``architecture``,
 ``language_specific_prediction``, ``lid`` {enabled, weight}, ``lid_free`` {min_frames τ, threshold s_th},
-``freeze_batch_norm_after`` and ``cuda_graphs_mode``, validated once into a :class:`MultilingualConfig`;
+``freeze_batch_norm_after``, ``cuda_graphs_mode``, ``aux_ctc`` {ctc_loss_weight} and ``transfer`` (the pretrained start, the keys of
+:class:`~nemo_tl.transfer.config.TransferConfig` that apply), validated once into a :class:`MultilingualConfig`;
 :meth:`MultilingualConfig.apply` derives from them what NeMo's RNN-T model builds from.
 """
 
@@ -19,6 +20,8 @@ from nemo_tl.config_checks import checked_choice, checked_flag, checked_int, che
 from nemo_tl.data.texts import expand_labels
 from nemo_tl.errors import input_error
 from nemo_tl.modules.multisoftmax import MultiSoftmaxDecoder, MultiSoftmaxJoint
+from nemo_tl.multilingual.pretrained import check_transfer
+from nemo_tl.transfer.config import TransferConfig
 
 __all__ = [
     "ARCHITECTURES",
@@ -26,6 +29,7 @@ __all__ = [
     "LIDConfig",
     "LIDFreeConfig",
     "MULTILINGUAL_KEYS",
+    "TRANSFER_KEYS",
     "MultilingualConfig",
     "prepare_multilingual_config",
 ]
@@ -35,8 +39,10 @@ GRAPHS_MODES = ("no_while_loops", "full_graph")
 # The model keys this module owns (a plain NeMo model has none of them).
 MULTILINGUAL_KEYS = (
     "languages", "architecture", "language_specific_prediction", "lid", "lid_free", "freeze_batch_norm_after",
-    "cuda_graphs_mode",
+    "cuda_graphs_mode", "aux_ctc", "transfer",
 )
+# The model.transfer keys of TransferConfig that a multilingual model uses (and saves).
+TRANSFER_KEYS = ("base_model", "vocabulary", "new_label_init", "freeze_encoder_blocks", "reinitialize")
 NEMO_DECODER = "nemo.collections.asr.modules.RNNTDecoder"
 NEMO_JOINT = "nemo.collections.asr.modules.RNNTJoint"
 _MS_DECODER = f"{MultiSoftmaxDecoder.__module__}.{MultiSoftmaxDecoder.__name__}"
@@ -70,6 +76,8 @@ class MultilingualConfig:
     lid_free: LIDFreeConfig = field(default_factory=LIDFreeConfig)
     freeze_batch_norm_after: int | None = None
     cuda_graphs_mode: str = "no_while_loops"
+    aux_ctc_weight: float = 0.0  # model.aux_ctc.ctc_loss_weight w: loss = (1 − w) RNN-T + w CTC (+ LID)
+    transfer: TransferConfig | None = None  # model.transfer: the pretrained start (None: from scratch)
 
     @classmethod
     def from_model_config(cls, cfg: DictConfig | Mapping) -> MultilingualConfig:
@@ -117,6 +125,8 @@ class MultilingualConfig:
                 fix="no_while_loops (default), or full_graph; decoding.greedy.use_cuda_graph_decoder: false turns "
                 "graphs off",
             ),
+            aux_ctc_weight=_aux_ctc_weight(cfg.get("aux_ctc")),
+            transfer=_transfer_from_config(cfg.get("transfer"), architecture),
         )
 
     @property
@@ -147,6 +157,9 @@ class MultilingualConfig:
             cfg.lid_free = {"min_frames": self.lid_free.min_frames, "threshold": self.lid_free.threshold}
             cfg.freeze_batch_norm_after = self.freeze_batch_norm_after
             cfg.cuda_graphs_mode = self.cuda_graphs_mode
+            cfg.aux_ctc = {"ctc_loss_weight": self.aux_ctc_weight}
+            if self.transfer is not None:  # the keys that apply to a multilingual model
+                cfg.transfer = {key: getattr(self.transfer, key) for key in TRANSFER_KEYS}
             cfg.labels = self.union_labels
             decoder = cfg.decoder
             joint = cfg.joint
@@ -181,6 +194,26 @@ def prepare_multilingual_config(cfg: DictConfig) -> DictConfig:
     (runs again on restore).
     """
     return MultilingualConfig.from_model_config(cfg).apply(cfg)
+
+
+def _aux_ctc_weight(section: Any) -> float:
+    """``model.aux_ctc.ctc_loss_weight`` as a number in [0, 1) (0: no auxiliary CTC head)."""
+    section = checked_section(section, "model.aux_ctc", ["ctc_loss_weight"], fix="write aux_ctc: {ctc_loss_weight: 0.3}")
+    fix = "give the CTC share of the loss in [0, 1), e.g. 0.3 (0: off)"
+    weight = checked_number(section.get("ctc_loss_weight", 0.0), "model.aux_ctc.ctc_loss_weight", finite=True, fix=fix)
+    if weight >= 1:
+        raise input_error(f"must be < 1 (the RNN-T keeps 1 − w of the loss), got {weight}",
+                          where="model.aux_ctc.ctc_loss_weight", fix=fix)
+    return weight
+
+
+def _transfer_from_config(section: Any, architecture: str) -> TransferConfig | None:
+    """``model.transfer`` validated (TransferConfig's checks, then what applies to a multilingual model), or None."""
+    if section is None:
+        return None
+    transfer = TransferConfig.from_section(section)
+    check_transfer(transfer, architecture)
+    return transfer
 
 
 def _languages_from_config(value: Any) -> dict[str, list[str]]:

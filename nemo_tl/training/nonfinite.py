@@ -5,9 +5,11 @@ How this differs from NeMo's ``skip_nan_grad`` (``model.skip_nan_grad: true``, d
 sync per parameter) and, when one is found, zeroes the gradients. The optimizer then still steps:
 momentum and weight decay move the weights, the scheduler and Adam's step counts advance on a
 zero gradient, and the running statistics the bad batch moved in every BatchNorm layer stay (NaN
-once the audio was). Here the loss is checked before the backward, with one host sync a step: a
-non-finite loss on any rank means no backward on any rank, so every ``.grad`` stays None and the
-optimizer leaves every weight and its state as they were; the BatchNorm statistics are put back;
+once the audio was). Here the loss is checked once a step, with one host sync placed after the
+backward is queued (where NovoGrad's step waits for the gradients anyway): a non-finite loss on any
+rank leaves every ``.grad`` None on every rank, so the optimizer leaves every weight and its state as
+they were (with gradient accumulation, the check comes before the bad batch's backward, which is
+left out alone); the BatchNorm statistics are put back;
 the step is warned about, naming the batch's utterances whose audio is not finite, and counted.
 """
 
@@ -32,7 +34,7 @@ class RunningStatistics:
     """The running statistics of a module's BatchNorm layers (any layer tracking running statistics), saved and put back.
 
     ``save`` copies those of the layers in training mode (running mean, variance and batch count)
-    with one fused ``_foreach_copy_`` into tensors kept from step to step; ``restore`` copies them
+    with one fused ``_foreach_copy_`` per dtype into tensors kept from step to step; ``restore`` copies them
     back, once, after a ``save``. The layers are found on the first ``save`` after ``forget``; a step
     then costs a look at each layer's mode and the copy, and nothing at all (no copy) while every
     layer is in eval mode (frozen blocks, NeMo's ``freeze()``).
@@ -41,8 +43,8 @@ class RunningStatistics:
     def __init__(self) -> None:
         self._layers: list[torch.nn.Module] | None = None
         self._modes: list[bool] = []
-        self._buffers: list[torch.Tensor] = []
-        self._copies: list[torch.Tensor] = []
+        self._buffers: list[list[torch.Tensor]] = []  # one list per dtype
+        self._copies: list[list[torch.Tensor]] = []
         self._saved = False
 
     def forget(self) -> None:
@@ -55,23 +57,30 @@ class RunningStatistics:
         modes = [m.training for m in self._layers]
         if modes != self._modes:
             self._modes = modes
-            self._buffers = [
+            buffers = [
                 b
                 for m in self._layers
                 if m.training
                 for b in (m.running_mean, m.running_var, m.num_batches_tracked)
                 if b is not None
             ]
-            self._copies = [torch.empty_like(b) for b in self._buffers]
-        if self._buffers:
-            with torch.no_grad():
-                torch._foreach_copy_(self._copies, self._buffers)
+            # One list per dtype: torch's fused foreach kernels need a single dtype (float statistics, int64
+            # batch counts); a mixed list falls back to one copy kernel per tensor.
+            by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+            for b in buffers:
+                by_dtype.setdefault(b.dtype, []).append(b)
+            self._buffers = list(by_dtype.values())
+            self._copies = [[torch.empty_like(b) for b in group] for group in self._buffers]
+        with torch.no_grad():
+            for copies, buffers in zip(self._copies, self._buffers):
+                torch._foreach_copy_(copies, buffers)
         self._saved = True
 
     def restore(self) -> None:
-        if self._saved and self._buffers:
+        if self._saved:
             with torch.no_grad():
-                torch._foreach_copy_(self._buffers, self._copies)
+                for buffers, copies in zip(self._buffers, self._copies):
+                    torch._foreach_copy_(buffers, copies)
         self._saved = False
 
     def discard(self) -> None:
@@ -87,11 +96,12 @@ class SkipNonFiniteStepMixin:
 
     - ``on_train_batch_start``: the BatchNorm running statistics are saved (:class:`RunningStatistics`)
       and the batch kept for the warning.
-    - ``backward``: the loss is checked (one host sync; under DDP the verdict is summed over the
-      ranks first, so all ranks skip together and none waits for the others' gradients). A finite
-      loss goes on to Lightning's backward; a non-finite one gets none, the statistics are put back,
-      the step is warned about and counted in :attr:`skipped_nonfinite_steps` (logged; kept in
-      checkpoints). With gradient accumulation only the bad batch's gradients are left out.
+    - ``backward``: Lightning's backward is queued, then the loss is checked (one host sync, where the
+      optimizer would wait anyway; under DDP the verdict is summed over the ranks, so all ranks skip
+      together). A non-finite loss leaves every ``.grad`` None (the optimizer then moves no weight
+      and no state), the statistics are put back, the step is warned about and counted in
+      :attr:`skipped_nonfinite_steps` (logged; kept in checkpoints). With gradient accumulation the
+      loss is checked before its backward instead, so only the bad batch's gradients are left out.
     """
 
     _skipped_nonfinite_steps: int = 0
@@ -120,7 +130,19 @@ class SkipNonFiniteStepMixin:
         batch, self._step_batch = self._step_batch, None
         statistics = self._running_statistics or RunningStatistics()
         trainer = attached_trainer(self)
-        skip = self._nonfinite_on_any_rank(loss, trainer)
+        accumulating = trainer is not None and getattr(trainer, "accumulate_grad_batches", 1) > 1
+        if accumulating:  # the bad batch's gradients must never join the good ones': check first
+            skip = self._nonfinite_on_any_rank(loss, trainer)
+            if not skip:
+                super().backward(loss, *args, **kwargs)
+        else:
+            # The backward is queued first, then checked: the host then waits where the optimizer would
+            # (NovoGrad reads a tensor on the host at its first parameter) instead of before the backward.
+            super().backward(loss, *args, **kwargs)
+            skip = self._nonfinite_on_any_rank(loss, trainer)
+            if skip:
+                for p in self.parameters():
+                    p.grad = None  # the optimizer steps over parameters without gradient
         if skip:
             statistics.restore()
             self._skipped_nonfinite_steps += 1
@@ -130,8 +152,6 @@ class SkipNonFiniteStepMixin:
         if trainer is not None and (skip or trainer.global_step % max(1, trainer.log_every_n_steps) == 0):
             self.log(SKIPPED_LOG_KEY, float(self._skipped_nonfinite_steps), on_step=True, on_epoch=False,
                      batch_size=1)
-        if not skip:
-            super().backward(loss, *args, **kwargs)
 
     @staticmethod
     def _nonfinite_on_any_rank(loss: torch.Tensor, trainer: Any) -> bool:

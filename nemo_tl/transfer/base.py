@@ -22,7 +22,8 @@ def load_base_model(
     *,
     what: str = "base model",
     where: str = "model.transfer.base_model",
-    expected: type[ASRModel] = EncDecCTCModel,
+    expected: type[ASRModel] | tuple[type[ASRModel], ...] = EncDecCTCModel,
+    vocabulary: str = "chars",
 ) -> ASRModel:
     """Return the model named by ``spec``, on CPU, in eval mode.
 
@@ -31,11 +32,15 @@ def load_base_model(
             (resolved with ``expected.from_pretrained``).
         what: how error messages call the model ("base model", "teacher 2", ...).
         where: the config key the spec came from, named in error messages.
-        expected: the class the model must be an instance of.
+        expected: the class (or classes: the model family) the model must be an instance of; the
+            first one resolves pretrained names.
+        vocabulary: what output vocabulary the model must have: ``"chars"`` (labels),
+            ``"subword"`` (a tokenizer) or ``"any"``.
 
     Raises:
         InputError: the path does not exist, is not a readable ``.nemo`` archive, the name is
-            unknown or cannot be downloaded, or the model is not an ``expected``.
+            unknown or cannot be downloaded, the model is not an ``expected``, or its vocabulary
+            is not of the ``vocabulary`` kind.
     """
     if isinstance(spec, ASRModel):
         model = spec
@@ -48,8 +53,9 @@ def load_base_model(
     elif os.path.exists(spec) or _looks_like_path(spec):
         model = _restore_local(spec, what=what, where=where)
     else:
-        model = _from_pretrained(spec, what=what, where=where, expected=expected)
-    check_char_ctc(model, what=what, where=where, expected=expected)
+        family = expected if isinstance(expected, tuple) else (expected,)
+        model = _from_pretrained(spec, what=what, where=where, expected=family[0])
+    check_model_kind(model, what=what, where=where, expected=expected, vocabulary=vocabulary)
     return model
 
 
@@ -73,23 +79,47 @@ def _from_pretrained(name: str, *, what: str, where: str, expected: type[ASRMode
         raise input_error(
             f"could not load {what} {name!r} with {expected.__name__}.from_pretrained: {type(e).__name__}: {e}",
             where=where,
-            fix="use a name from EncDecCTCModel.list_available_models() on a machine that can reach NGC, "
+            fix=f"use a name from {expected.__name__}.list_available_models() on a machine that can reach NGC, "
             "or download the model once and give the local .nemo path",
         ) from e
 
 
-def check_char_ctc(model: ASRModel, *, what: str, where: str, expected: type[ASRModel] = EncDecCTCModel) -> None:
-    """Raise InputError unless ``model`` is a character-vocabulary ``expected`` model."""
-    if not isinstance(model, expected):
+VOCABULARY_KINDS = ("chars", "subword", "any")
+
+
+def check_model_kind(
+    model: ASRModel,
+    *,
+    what: str,
+    where: str,
+    expected: type[ASRModel] | tuple[type[ASRModel], ...] = EncDecCTCModel,
+    vocabulary: str = "chars",
+) -> None:
+    """Raise InputError unless ``model`` is an ``expected`` with a vocabulary of kind ``vocabulary``."""
+    if vocabulary not in VOCABULARY_KINDS:
+        raise ValueError(f"vocabulary must be one of {VOCABULARY_KINDS}, got {vocabulary!r}")
+    family = expected if isinstance(expected, tuple) else (expected,)
+    names = " or ".join(c.__name__ for c in family)
+    subword = getattr(model, "tokenizer", None) is not None
+    if not isinstance(model, family):
+        kind = "subword" if subword else "character"
         raise input_error(
-            f"{what} is a {type(model).__name__}, not a {expected.__name__}",
+            f"{what} is a {type(model).__name__}, not a {names} (it is a {kind} model)",
             where=where,
-            fix=f"use a character CTC model (a {expected.__name__}, e.g. QuartzNet) as {what}",
+            fix=f"use a {names} as {what}, or nemo_tl.transfer.from_base(base, ...), which picks the transfer "
+            "class that fits the base",
         )
-    if hasattr(model, "tokenizer"):
+    if vocabulary == "chars" and subword:
         raise input_error(
-            f"{what} is a subword (BPE) model ({type(model).__name__}); nemo_tl transfers character "
-            "vocabularies only for now",
+            f"{what} is a subword (BPE) model ({type(model).__name__}); this needs a character-vocabulary model",
             where=where,
-            fix="use a character CTC model such as QuartzNet (EncDecCTCModel with `labels`)",
+            fix="use a character model (labels), or, for a transfer, the subword class: TransferCTCBPEModel / "
+            "TransferRNNTBPEModel with tokenizer_dir= (nemo_tl.transfer.from_base picks it)",
+        )
+    if vocabulary == "subword" and not subword:
+        raise input_error(
+            f"{what} is a character model ({type(model).__name__}, no tokenizer); this needs a subword model",
+            where=where,
+            fix="use a subword (BPE/WPE) model, or, for a transfer, the character class: TransferCTCModel / "
+            "TransferRNNTModel with labels= (nemo_tl.transfer.from_base picks it)",
         )

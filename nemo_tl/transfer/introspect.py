@@ -4,10 +4,12 @@
 
 Writes ``DIR/layers.md`` and ``DIR/layers.json`` (per layer: mean |Δw|, max |Δw|, ‖Δw‖/‖w‖)
 and PNG histograms on a log10 scale of both models' weights (``DIR/weights.png``) and of the
-weight changes (``DIR/weight_changes.png``), titled with the two models' paths. A decoder over
-another alphabet is compared on the rows of the labels both models hold and the blank, mapped
-by label as ``keep_shared`` maps them; a layer that cannot be compared is listed with the reason
-under the table.
+weight changes (``DIR/weight_changes.png``), titled with the two models' paths. An output layer
+over another vocabulary (a CTC decoder, an RNN-T prediction embedding or joint output; characters or
+SentencePiece pieces) is compared on the rows of the tokens both models hold, the blank and any TDT
+duration outputs, mapped by token string as ``keep_shared`` maps them; a layer that cannot be compared
+is listed with the reason under the table. Any NeMo ASR model: QuartzNet, Conformer and FastConformer
+encoders; CTC, RNN-T, TDT and hybrid heads.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 import nemo_tl  # noqa: F401
 from nemo_tl.errors import InputError, input_error
 from nemo_tl.transfer.base import load_base_model
-from nemo_tl.transfer.vocabulary import shared_label_rows
+from nemo_tl.transfer.vocabulary import mapped_output_rows, shared_label_rows
 from nemo_tl.utils.atomic import atomic_write
 
 _EPS = 1e-12
@@ -33,6 +35,23 @@ _LOG_RANGE = (-12.5, 1.0)  # log10 |x|: 1e-12 (exactly zero, plus _EPS) to 10
 def _labels(model: torch.nn.Module) -> list[str] | None:
     vocabulary = getattr(getattr(model, "decoder", None), "vocabulary", None)
     return list(vocabulary) if vocabulary is not None else None
+
+
+def _token_row_maps(base: torch.nn.Module, tuned: torch.nn.Module) -> tuple[dict[str, tuple[list, list]], int, str]:
+    """``({output-row parameter: (base rows, tuned rows)}, tuned token count, "labels"|"tokens")`` for NeMo
+    models over different vocabularies (:func:`~nemo_tl.transfer.vocabulary.mapped_output_rows`); empty
+    when the vocabularies agree or the models are not NeMo ASR models."""
+    from nemo_tl.transfer.tokens import model_tokens
+
+    try:
+        base_tokens, tuned_tokens = model_tokens(base), model_tokens(tuned)
+        if base_tokens == tuned_tokens:
+            return {}, len(tuned_tokens), ""
+        maps = {name: (src, dst) for name, src, dst in mapped_output_rows(base, tuned)}
+    except ValueError:  # not a NeMo ASR model, or heads that differ beyond their vocabulary
+        return {}, 0, ""
+    kind = "tokens" if getattr(tuned, "tokenizer", None) is not None else "labels"
+    return maps, len(tuned_tokens), kind
 
 
 def aligned_weights(
@@ -51,6 +70,7 @@ def aligned_weights(
         ``{"layer", "shape", "reason"}``.
     """
     base_params = dict(base.named_parameters())
+    row_maps, n_tokens, kind = _token_row_maps(base, tuned)
     base_labels, tuned_labels = _labels(base), _labels(tuned)
     relabelled = base_labels is not None and tuned_labels is not None and base_labels != tuned_labels
     pairs, left_out = {}, []
@@ -63,6 +83,13 @@ def aligned_weights(
             left_out.append({"layer": name, "shape": list(w.shape), "reason": "not in the base model"})
             continue
         b = b.detach().float()
+        if name in row_maps:
+            base_rows, tuned_rows = row_maps[name]
+            tail = w.shape[0] - n_tokens  # blank, then TDT durations
+            extra = "blank" if tail == 1 else f"blank + {tail - 1} durations"
+            note = f"{len(tuned_rows) - tail} shared {kind} + {extra} ({len(tuned_rows)} of {w.shape[0]} rows)"
+            pairs[name] = (b[base_rows], w[tuned_rows], note)
+            continue
         label_rows = (
             relabelled
             and w.shape[0] == len(tuned_labels) + 1
@@ -196,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 where="--out",
                 fix="give a directory path for the table and the histograms",
             )
-        base = load_base_model(args.base, what="base model", where="BASE", expected=ASRModel)
-        tuned = load_base_model(args.tuned, what="tuned model", where="TUNED", expected=ASRModel)
+        base = load_base_model(args.base, what="base model", where="BASE", expected=ASRModel, vocabulary="any")
+        tuned = load_base_model(args.tuned, what="tuned model", where="TUNED", expected=ASRModel, vocabulary="any")
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

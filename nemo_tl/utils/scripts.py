@@ -47,3 +47,36 @@ def final_report(model: Any, batch_size: int = 16) -> str:
     model.eval()
     results = evaluate_manifests(model, list(sets.values()), batch_size=batch_size)
     return results_table({name: results[manifest] for name, manifest in sets.items()}, column="validation set")
+
+
+def transfer_model(model_cfg: DictConfig, trainer: Any, *, heads: str) -> Any:
+    """The transfer model a fine-tuning script trains: its class picked from the base model's class.
+
+    ``model_cfg.transfer.base_model`` is loaded once (a ``.nemo`` path or a pretrained name) and the
+    class comes from :func:`nemo_tl.transfer.model.transfer_class` (an exact-class table).
+    ``heads`` is the script's kind, ``"ctc"`` (``examples/finetune_ctc.py``) or ``"rnnt"``
+    (``examples/finetune_rnnt.py``: RNN-T, TDT and hybrid bases); a base of the other kind is an
+    InputError naming the script to use. Without a base (``base_model: null``) the script's
+    character class is built from the config alone, as before.
+    """
+    from nemo.collections.asr.models import ASRModel
+
+    from nemo_tl.errors import input_error
+    from nemo_tl.models import TransferCTCModel, TransferRNNTModel
+    from nemo_tl.transfer.base import load_base_model
+    from nemo_tl.transfer.model import transfer_class
+
+    spec = OmegaConf.select(model_cfg, "transfer.base_model", default=None, throw_on_missing=False)
+    if spec is None:  # missing (???) or null
+        plain = TransferCTCModel if heads == "ctc" else TransferRNNTModel
+        return plain(cfg=model_cfg, trainer=trainer)  # its config check names a missing base_model
+    base = load_base_model(spec, expected=ASRModel, vocabulary="any")
+    cls = transfer_class(base)
+    kind = "rnnt" if cls.has_rnnt_head else "ctc"
+    if kind != heads:
+        raise input_error(
+            f"the base is a {type(base).__name__}, which this script does not fine-tune",
+            where="model.transfer.base_model",
+            fix=f"use examples/finetune_{kind}.py (with --config-name fastconformer_{kind}_finetune for a subword base)",
+        )
+    return cls(cfg=model_cfg, trainer=trainer, base_model=base)

@@ -79,13 +79,14 @@ def accelerator() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def quick_trainer(max_steps: int, callbacks: Sequence = ()):
+def quick_trainer(max_steps: int, callbacks: Sequence = (), root_dir: str | None = None):
     """A Trainer for ``max_steps`` steps on one device: bf16-mixed on a GPU, fp32 on CPU; no logger,
-    checkpoints, progress bar or validation."""
+    checkpoints, progress bar or validation. ``root_dir``: the run's directory (what a run writes
+    there, e.g. the EWC Fisher cache; default the working directory)."""
     import lightning.pytorch as pl
 
     gpu = accelerator() == "gpu"
     return pl.Trainer(max_steps=max_steps, accelerator=accelerator(), devices=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, limit_val_batches=0, precision="bf16-mixed" if gpu else 32,
-                      callbacks=list(callbacks))
+                      callbacks=list(callbacks), default_root_dir=root_dir)

@@ -1,0 +1,111 @@
+"""The forgetting frontier: Pareto front and CL-MASR metrics by hand, and the report script at smoke scale.
+
+The script test needs an espeak-ng backend, as tests/test_synth_corpus.py: without one it fails rather than skips.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from nemo_tl.transfer.frontier import continual_metrics, meets_goal, pareto_optimal
+from tests.conftest import ROOT
+
+
+# ---------------------------------------------------------------- pure metrics, hand-computed
+def test_pareto_front_keeps_the_points_nothing_beats_on_both_languages():
+    #          base      target-only  replay    dominated by replay   tie with replay
+    points = [(15, 60), (36, 30),    (21, 32), (22, 33),             (21, 32)]
+    assert pareto_optimal(points) == [True, True, True, False, True]
+    assert pareto_optimal([(1, 1)]) == [True]
+    assert pareto_optimal([(2, 2), (2, 3)]) == [True, False]  # equal source, worse target
+
+
+def test_continual_metrics_by_hand():
+    # en base; then de; then es
+    errors = [[10.0],
+              [20.0, 30.0],
+              [25.0, 40.0, 35.0]]
+    steps = continual_metrics(errors, single_task=[28.0, 33.0])
+    assert steps[0] == {"step": 0, "avg": 10.0, "bwt": None, "fwt": None}
+    assert steps[1]["avg"] == 25.0
+    assert steps[1]["bwt"] == 10.0 - 20.0  # English lost 10 points
+    assert steps[1]["fwt"] == 28.0 - 30.0  # worse than de from the base alone
+    assert math.isclose(steps[2]["avg"], 100.0 / 3)
+    assert steps[2]["bwt"] == ((10 - 25) + (30 - 40)) / 2
+    assert steps[2]["fwt"] == 33.0 - 35.0
+    assert continual_metrics(errors)[2]["fwt"] is None
+
+
+def test_continual_metrics_refuse_a_ragged_matrix():
+    with pytest.raises(ValueError, match="row 1 .* 1 entries; expected 2"):
+        continual_metrics([[1.0], [2.0]])
+    with pytest.raises(ValueError, match="single_task has 2 entries; expected 1"):
+        continual_metrics([[1.0], [2.0, 3.0]], single_task=[1.0, 2.0])
+
+
+def test_goal_is_issue_19s_ratios():
+    assert meets_goal(18.0, 31.5, base_source=15.0, target_only=30.0)  # 1.20x and 1.05x exactly
+    assert not meets_goal(18.1, 30.0, base_source=15.0, target_only=30.0)
+    assert not meets_goal(15.0, 31.6, base_source=15.0, target_only=30.0)
+
+
+# ---------------------------------------------------------------- the script at smoke scale
+def _driver():
+    path = os.path.join(ROOT, "examples", "forgetting_frontier.py")
+    spec = importlib.util.spec_from_file_location("forgetting_frontier", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def frontier(tmp_path_factory, single_thread):
+    out = tmp_path_factory.mktemp("frontier")
+    assert _driver().main(["--smoke", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text(encoding="utf-8"))
+
+
+def test_frontier_table_marks_pareto_points_and_plots(frontier):
+    out, results = frontier
+    points = results["points"]
+    names = [p["name"] for p in points]
+    assert names[0] == "base (en)" and "keep_shared, de only" in names
+    assert any(n.startswith("replay") for n in names) and any(n.startswith("average") for n in names)
+    assert any(n.startswith("adapters") for n in names)
+    for p in points:
+        for lang in ("en", "de"):
+            assert math.isfinite(p[lang]["cer"]) and math.isfinite(p[lang]["wer"]), p
+    front = pareto_optimal([(p["en"]["cer"], p["de"]["cer"]) for p in points])
+    assert [p["pareto"] for p in points] == front
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert md.count("\n|") >= len(points) + 1 and "Pareto" in md
+    assert (out / "frontier.png").stat().st_size > 1000
+
+
+def test_averaging_endpoints_are_the_base_and_the_tuned_model(frontier):
+    _, results = frontier
+    by_name = {p["name"]: p for p in results["points"]}
+    tuned = by_name["keep_shared, de only"]
+    assert by_name["average λ=1.00 (keep_shared, de only)"]["de"] == tuned["de"]
+
+
+def test_sequence_mode_reports_cl_masr_metrics(tmp_path, single_thread):
+    out = tmp_path / "seq"
+    assert _driver().main(["--smoke", "--out", str(out), "--sequence", "en,de,es", "--methods", "fine-tuning"]) == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    seq = results["sequence"]
+    assert seq["languages"] == ["en", "de", "es"]
+    for method in seq["methods"].values():
+        assert [len(row) for row in method["errors"]] == [1, 2, 3]
+        steps = method["metrics"]
+        assert steps[0]["bwt"] is None and steps[1]["bwt"] is not None and steps[2]["fwt"] is not None
+    assert seq["single_task_cer"][0] == seq["methods"]["fine-tuning"]["errors"][1][1]  # the same run
+    assert len(seq["single_task_cer"]) == 2
+    assert "BWT" in (out / "results.md").read_text(encoding="utf-8")

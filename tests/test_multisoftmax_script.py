@@ -1,0 +1,46 @@
+"""examples/train_multisoftmax_rnnt.py starts from NeMo's ``init_from_nemo_model`` (one subprocess run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from nemo_tl.data.synthetic import make_tone_manifest
+from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
+from tests.conftest import CONF, ROOT
+from tests.test_multisoftmax_model import TEXTS
+from tests.test_multisoftmax_pretrained import same
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_training_script_honours_init_from_nemo_model(tmp_path):
+    """examples/train_multisoftmax_rnnt.py with NeMo's +init_from_nemo_model; every encoder block frozen, so the
+    saved encoder must be the source's exactly."""
+    size = {"model.encoder.n_layers": 1, "model.model_defaults.enc_hidden": 64, "model.model_defaults.pred_hidden": 32,
+            "model.model_defaults.joint_hidden": 32}
+    cfg = OmegaConf.load(os.path.join(CONF, "multisoftmax_rnnt.yaml"))
+    for key, value in size.items():
+        OmegaConf.update(cfg, key, value)
+    source = MultiSoftmaxRNNTModel(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)).model)
+    source_path, out = str(tmp_path / "source.nemo"), str(tmp_path / "out.nemo")
+    source.save_to(source_path)
+    train = [make_tone_manifest(str(tmp_path), TEXTS[lang][:2], name=lang, lang=lang) for lang in ("en", "hi")]
+    overrides = [f"{k}={v}" for k, v in size.items()] + [
+        f"model.train_ds.manifest_filepath=[{train[0]},{train[1]}]", "model.train_ds.batch_size=2",
+        "model.train_ds.num_workers=0", "model.decoding.greedy.max_symbols=3", "trainer.max_steps=2",
+        "trainer.accelerator=cpu", "trainer.devices=1", "exp_manager.create_checkpoint_callback=false",
+        f"exp_manager.exp_dir={tmp_path / 'exp'}", f"save_to={out}",
+        f"+init_from_nemo_model={{source: {{path: {source_path}, include: [encoder]}}}}",
+        "+model.transfer.freeze_encoder_blocks=2",  # pre_encode and the one layer
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT, "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "train_multisoftmax_rnnt.py"), *overrides],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    trained = MultiSoftmaxRNNTModel.restore_from(out, map_location="cpu")
+    assert same(trained.encoder, source.encoder)
