@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nemo.collections.asr.models import ASRModel, EncDecCTCModel
+from nemo.collections.asr.models import (
+    ASRModel,
+    EncDecCTCModel,
+    EncDecCTCModelBPE,
+    EncDecHybridRNNTCTCBPEModel,
+    EncDecRNNTBPEModel,
+    EncDecRNNTModel,
+)
 from nemo.collections.asr.modules import ConformerEncoderAdapter, ConvASREncoderAdapter
 from omegaconf import OmegaConf
 
-from nemo_tl.models import TransferCTCModel
+from nemo_tl.models import (
+    TransferCTCBPEModel,
+    TransferCTCModel,
+    TransferHybridRNNTCTCBPEModel,
+    TransferRNNTBPEModel,
+    TransferRNNTModel,
+)
 from nemo_tl.transfer.adapters import ADAPTER_LAYER, adapter_parameter_share
 from tests.conftest import DE_LABELS, EN_LABELS, load_conf
 from tests.helpers import cpu_trainer, fit, raises_input_error, snapshot
+from tests.tiny_asr import DE_TEXT, EN_TEXT, build_base, fit_steps, make_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -186,7 +200,108 @@ def test_transfer_classes_without_adapter_support_are_refused(base):
 
     cfg = OmegaConf.create(OmegaConf.to_container(base.cfg, resolve=True))
     raises_input_error(lambda: adapter_encoder_config(cfg, base, AdapterConfig(dim=4), model=EncDecCTCModel),
-                       "EncDecCTCModel does not support adapters", "character CTC")
+                       "EncDecCTCModel does not support adapters", "hybrid", "TransferRNNTBPEModel")
+
+
+# ---------------------------------------------------------------- every CTC and RNN-T class, chars and subwords
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    return make_tokenizer(str(root / "en"), EN_TEXT, 40), make_tokenizer(str(root / "de"), DE_TEXT, 40)
+
+
+CLASSES = {  # transfer class: (NeMo base class, target vocabulary)
+    "ctc_bpe": (TransferCTCBPEModel, EncDecCTCModelBPE),
+    "rnnt": (TransferRNNTModel, EncDecRNNTModel),
+    "rnnt_bpe": (TransferRNNTBPEModel, EncDecRNNTBPEModel),
+    "tdt_bpe": (TransferRNNTBPEModel, EncDecRNNTBPEModel),
+}
+
+
+def head_outputs(model) -> dict[str, object]:
+    """Eval-mode outputs on AUDIO: CTC log-probs, or the RNN-T joint on a fixed token prefix; and the greedy text."""
+    model.eval()
+    with torch.no_grad():
+        first, lengths = model(input_signal=AUDIO, input_signal_length=LENGTHS)[:2]
+        if not hasattr(model, "joint"):
+            hyps = model.decoding.ctc_decoder_predictions_tensor(first, lengths)
+            return {"logits": first, "text": [h.text for h in hyps]}
+        targets = torch.tensor([[1, 2, 3], [4, 5, 0]])
+        pred = model.decoder(targets=targets, target_length=torch.tensor([3, 2]))[0]
+        joint = model.joint(encoder_outputs=first, decoder_outputs=pred)
+        hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=first, encoded_lengths=lengths)
+        return {"logits": joint, "encoded": first, "text": [h.text for h in hyps]}
+
+
+def assert_same_outputs(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("kind", list(CLASSES))
+def test_every_ctc_and_rnnt_class_trains_adapters_and_recovers_the_base_from_its_nemo(
+        kind, tokenizers, de_manifest, tmp_path):
+    cls, nemo_class = CLASSES[kind]
+    subword = kind.endswith("bpe")
+    vocab = {"tokenizer_dir": tokenizers[0]} if subword else {"labels": EN_LABELS}
+    base_path = build_base(nemo_class, str(tmp_path / "base.nemo"), tdt=kind == "tdt_bpe", **vocab)
+    base = ASRModel.restore_from(base_path, map_location="cpu").eval()
+    target = {"tokenizer_dir": tokenizers[1]} if subword else {"labels": DE_LABELS}
+    model = cls.from_base(base_path, adapters={"dim": 4}, cfg={"optim": {"name": "adam", "lr": 0.05}}, **target)
+    assert isinstance(model.encoder, ConformerEncoderAdapter)
+    heads = ("decoder",) if kind.startswith("ctc") else ("decoder", "joint")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if is_adapter(n) or n.split(".")[0] in heads}
+    share = adapter_parameter_share(model)
+    assert share["adapters"] + share["decoder"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if kind != "tdt_bpe":  # NeMo's TDT loss has no CPU implementation: the TDT model is saved untrained
+        before = snapshot(model)
+        model.unfreeze()
+        fit_steps(model, de_manifest, steps=2)
+        moved = {k for k, v in snapshot(model).items() if not torch.equal(v, before[k])}
+        assert any(is_adapter(k) for k in moved) and all(is_adapter(k) or k.split(".")[0] in heads for k in moved)
+
+    path = str(tmp_path / "de_adapters.nemo")
+    model.save_to(path)
+    restored = ASRModel.restore_from(path, map_location="cpu")
+    assert type(restored) is cls and restored.get_enabled_adapters() == ["target"]
+    target_outputs = head_outputs(restored)
+    assert_same_outputs(target_outputs, head_outputs(model))
+    base_outputs = head_outputs(base)
+    assert not torch.equal(target_outputs["logits"][..., :3], base_outputs["logits"][..., :3])
+    restored.set_enabled_adapters(enabled=False)
+    restored.use_base_decoder(True)
+    assert_same_outputs(head_outputs(restored), base_outputs)  # the base's logits and its decoded text, exactly
+    if subword:
+        assert restored.tokenizer.vocab == base.tokenizer.vocab  # the base tokenizer, from the .nemo
+    restored.use_base_decoder(False)
+    restored.set_enabled_adapters(enabled=True)
+    assert_same_outputs(head_outputs(restored), target_outputs)
+
+
+def test_a_subword_base_without_a_sentencepiece_tokenizer_is_refused():
+    from types import SimpleNamespace
+
+    from nemo_tl.transfer.adapters import AdapterConfig, adapter_encoder_config
+
+    wordpiece_base = SimpleNamespace(tokenizer=object())  # what the check reads of a WordPiece (wpe) base
+    raises_input_error(
+        lambda: adapter_encoder_config(OmegaConf.create({}), wordpiece_base, AdapterConfig(dim=4),
+                                       model=TransferRNNTBPEModel),
+        r"model\.transfer\.adapters", "SentencePiece", "remove model.transfer.adapters",
+    )
+
+
+def test_hybrid_models_refuse_adapters_with_the_classes_that_take_them(tokenizers, tmp_path):
+    base_path = build_base(EncDecHybridRNNTCTCBPEModel, str(tmp_path / "hybrid.nemo"), tokenizer_dir=tokenizers[0])
+    raises_input_error(
+        lambda: TransferHybridRNNTCTCBPEModel.from_base(base_path, tokenizer_dir=tokenizers[1], adapters={"dim": 4}),
+        r"model\.transfer\.adapters", "TransferHybridRNNTCTCBPEModel does not support adapters", "TransferRNNTBPEModel",
+    )
 
 
 

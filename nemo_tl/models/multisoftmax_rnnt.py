@@ -15,37 +15,30 @@ An optional LID head on the encoder output is trained with frame-level CE
 :class:`~nemo_tl.data.batches.LanguageBatch` tuples, with each utterance's language index in ``lang_ids``.
 
 The model holds construction, encoding, the losses, the Lightning steps and NeMo's hooks; the
-capability's other pieces (config, dataset, LID-free decoding, DDP/BatchNorm and CUDA-graph policy,
-the pretrained start, the auxiliary CTC head, extraction) are in :mod:`nemo_tl.multilingual`.
+capability's other pieces (config, dataset, per-language decodings, transcription and LID-free
+decoding, DDP/BatchNorm and CUDA-graph policy, the pretrained start, the auxiliary CTC head,
+extraction) are in :mod:`nemo_tl.multilingual`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Trainer
 from nemo.collections.asr.losses.rnnt import RNNTLoss
-from nemo.collections.asr.metrics.wer import WER
 from nemo.collections.asr.models import ASRModel
 from nemo.collections.asr.models.rnnt_models import EncDecRNNTModel
 from nemo.collections.asr.parts.mixins import TranscribeConfig
-from nemo.collections.asr.parts.preprocessing.perturb import process_augmentations
-from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTDecoding, RNNTDecodingConfig
+from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTDecoding
 from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
-from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
 from nemo.utils import logging, model_utils
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_tl.compat import metric_sync_disabled, preprocessor_sample_rate
-from nemo_tl.config_checks import checked_number
+from nemo_tl.compat import preprocessor_sample_rate
 from nemo_tl.data.batches import LanguageBatch
-from nemo_tl.data.frames import model_encoder_frames
-from nemo_tl.data.manifest import flatten_manifest_filepath
-from nemo_tl.data.validate import check_dataset_config
 from nemo_tl.decoding.lid_free import average_posteriors
 from nemo_tl.decoding.stacked import StackedLanguageDecoding
 from nemo_tl.errors import input_error
@@ -58,16 +51,19 @@ from nemo_tl.multilingual.config import ARCHITECTURES, MultilingualConfig, prepa
 from nemo_tl.multilingual.dataset import (
     LanguageAudioToCharDataset,
     append_language_onehot,
-    concatenated_loader,
+    language_dataloader,
     language_dataset,
+    language_groups,
+)
+from nemo_tl.multilingual.decoding import (
+    full_decoding_config,
+    language_decodings,
+    language_wer_counts,
+    language_wers,
 )
 from nemo_tl.multilingual.extraction import extract_language
-from nemo_tl.multilingual.lid_free import build_stacked_decoding, lid_free_decode, script_language
-from nemo_tl.multilingual.one_language_batches import (
-    FreezeBatchNormAfter,
-    batch_norm_warning,
-    expect_unused_parameters,
-)
+from nemo_tl.multilingual.lid_free import build_stacked_decoding
+from nemo_tl.multilingual.one_language_batches import FreezeBatchNormAfter, prepare_one_language_batches
 from nemo_tl.multilingual.pretrained import (
     config_from_base,
     from_base_config,
@@ -75,7 +71,14 @@ from nemo_tl.multilingual.pretrained import (
     nemo_init_sources,
     start_from_base,
 )
-from nemo_tl.multilingual.transcribe import MultilingualTranscribeConfig, file_languages
+from nemo_tl.multilingual.transcribe import (
+    MultilingualTranscribeConfig,
+    batch_language_ids,
+    file_languages,
+    transcribe_config,
+    transcribe_hypotheses,
+    transcribe_loader_config,
+)
 from nemo_tl.training import AtomicSaveMixin, ResumeRNGState, SkipNonFiniteStepMixin
 from nemo_tl.transfer.freezing import freeze_encoder_blocks
 
@@ -203,15 +206,7 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
 
     def setup(self, stage: str | None = None) -> None:
         """Under DDP, let the parameters of languages absent from a batch go unused; warn about BatchNorm."""
-        if self.is_multisoftmax and expect_unused_parameters(self.trainer):
-            logging.info("MultiSoftmaxRNNTModel: DDP set to find_unused_parameters=True (one language a batch)")
-        if stage in (None, "fit"):
-            warning = batch_norm_warning(
-                self.encoder, self.cfg.get("train_ds"), self.lid_head is not None,
-                self.multilingual.freeze_batch_norm_after,
-            )
-            if warning:
-                logging.warning(warning)
+        prepare_one_language_batches(self, stage)
         super().setup(stage)
 
     # ---- properties -----------------------------------------------------------------------
@@ -254,21 +249,11 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
             return
         if decoding_cfg is None:
             decoding_cfg = self.cfg.decoding
-        decoding_cls = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(RNNTDecodingConfig)))
-        decoding_cfg = self.set_decoding_type_according_to_loss(OmegaConf.merge(decoding_cls, decoding_cfg))
-        self.lang_decoding = self._language_decodings(decoding_cfg)
-        self.lang_wer = torch.nn.ModuleDict(
-            {
-                lang: WER(
-                    decoding=dec,
-                    batch_dim_index=0,
-                    use_cer=self.cfg.get("use_cer", False),
-                    log_prediction=self.cfg.get("log_prediction", False),
-                    dist_sync_on_step=True,
-                )
-                for lang, dec in self.lang_decoding.items()
-            }
+        decoding_cfg = self.set_decoding_type_according_to_loss(full_decoding_config(decoding_cfg))
+        self.lang_decoding = language_decodings(
+            self.decoder, self.joint, self.vocabularies, decoding_cfg, self.multilingual.cuda_graphs_mode
         )
+        self.lang_wer = language_wers(self.lang_decoding, self.cfg)
         first = self.languages[0]
         self.decoding = self.lang_decoding[first]  # what NeMo helpers that read model.decoding / wer see
         self.wer = self.lang_wer[first]
@@ -279,18 +264,6 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
             self.cfg.decoding = decoding_cfg
         if verbose:
             logging.info(f"Changed decoding strategy of every language to\n{OmegaConf.to_yaml(decoding_cfg)}")
-
-    def _language_decodings(self, decoding_cfg: DictConfig) -> dict[str, RNNTDecoding]:
-        """One NeMo ``RNNTDecoding`` per language, over that language's decoder, joint and labels."""
-        decodings = {
-            lang: RNNTDecoding(
-                decoding_cfg=decoding_cfg, decoder=self.decoder[lang], joint=self.joint[lang], vocabulary=labels
-            )
-            for lang, labels in self.vocabularies.items()
-        }
-        for decoding in decodings.values():
-            self._limit_graphs_mode(decoding)
-        return decodings
 
     # ---- CUDA graphs (policy: nemo_tl.multilingual.cuda_graphs) ---------------------------
 
@@ -337,58 +310,12 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         return language_dataset(config, self._dataset_vocabularies(), self.cfg.sample_rate, augmentor)
 
     def _setup_dataloader_from_config(self, config: DictConfig | dict | None):
-        """Per-language datasets; with ``mixing``, ManifestDataMixin's mixed loader over them.
-
-        Every line is checked first against its own language's labels (InputError naming file:line).
-        """
-        if config is None or not config.get("manifest_filepath"):
-            return None
-        if not isinstance(config, DictConfig):
-            config = OmegaConf.create(dict(config))
-        config = check_dataset_config(
-            config,
-            labels=self.vocabularies,
-            languages=self.languages,
-            sample_rate=config.get("sample_rate") or self.cfg.sample_rate,
-            section=self._dataset_section,
-            parser="base",  # the per-language parsers of MultilingualCharDataset
-            frames=model_encoder_frames(self),  # RNN-T: every utterance must give one encoder frame
-        )
-        if config.get("mixing") is not None:
-            return self._setup_mixed_dataloader(config)
-        augmentor = None
-        if config.get("augmentor") is not None:
-            augmentor = process_augmentations(
-                config.augmentor, global_rank=self.global_rank, world_size=self.world_size
-            )
-        datasets = []
-        for path in flatten_manifest_filepath(config.manifest_filepath):
-            one = config.copy()
-            with open_dict(one):
-                one.manifest_filepath = path
-            datasets.append(self._manifest_dataset(one, augmentor))
-        return concatenated_loader(datasets, config)
+        """Per-language datasets, every line checked first (:func:`~nemo_tl.multilingual.dataset.language_dataloader`)."""
+        return language_dataloader(self, config)
 
     def _setup_transcribe_dataloader(self, config: dict) -> torch.utils.data.DataLoader:
         # transcribe() lists files without text or language: use NeMo's plain char loader for them.
-        manifest = config.get("manifest_filepath") or f"{config['temp_dir']}/manifest.json"
-        batch_size = (
-            config["batch_size"]
-            if "manifest_filepath" in config
-            else min(config["batch_size"], len(config["paths2audio_files"]))
-        )
-        dl_config = DictConfig(
-            {
-                "manifest_filepath": manifest,
-                "sample_rate": preprocessor_sample_rate(self.preprocessor),
-                "labels": list(self.cfg.labels),
-                "batch_size": batch_size,
-                "trim_silence": False,
-                "shuffle": False,
-                "num_workers": config.get("num_workers") or 0,
-                "pin_memory": False,
-            }
-        )
+        dl_config = transcribe_loader_config(config, preprocessor_sample_rate(self.preprocessor), self.cfg.labels)
         return EncDecRNNTModel._setup_dataloader_from_config(self, dl_config)
 
     # ---- forward pieces --------------------------------------------------------------------
@@ -418,31 +345,10 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         """Frame LID log-posteriors log P_t(l): encoded (B, D, T) → (B, T, L)."""
         return self.lid_head(encoded).log_softmax(dim=-1)
 
-    def _groups(self, lang_ids: torch.Tensor):
-        """Yield ``(lang, rows)`` per language present; ``rows`` is None when it is the whole batch."""
-        present = torch.unique(lang_ids).tolist()
-        if len(present) == 1:
-            yield self.languages[present[0]], None
-            return
-        for i in present:
-            yield self.languages[i], (lang_ids == i).nonzero(as_tuple=True)[0]
-
     def _language_groups(self, lang_ids, encoded, encoded_len, transcript, transcript_len):
-        """Yield ``(lang, encoded, encoded_len, transcript, transcript_len)`` per language in the batch.
-
-        ``lang`` is None for the union-softmax baselines (the whole batch). A language's transcripts
-        are cropped to its longest one.
-        """
-        if not self.is_multisoftmax:
-            yield None, encoded, encoded_len, transcript, transcript_len
-            return
-        for lang, rows in self._groups(lang_ids):
-            if rows is None:
-                yield lang, encoded, encoded_len, transcript, transcript_len
-            else:
-                tr_len = transcript_len[rows]
-                tr = transcript[rows][:, : max(int(tr_len.max()), 1)]
-                yield lang, encoded[rows], encoded_len[rows], tr, tr_len
+        """:func:`~nemo_tl.multilingual.dataset.language_groups` (one group of the whole batch: union softmax)."""
+        languages = self.languages if self.is_multisoftmax else None
+        return language_groups(lang_ids, languages, encoded, encoded_len, transcript, transcript_len)
 
     def rnnt_loss(
         self,
@@ -514,34 +420,8 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         loss, parts, encoded, encoded_len = self._losses(batch)
         batch = LanguageBatch._make(batch)
         transcript, transcript_len, lang_ids = batch.tokens, batch.token_lens, batch.lang_ids
-        num = torch.zeros((), dtype=torch.long, device=encoded.device)
-        denom = torch.zeros((), dtype=torch.long, device=encoded.device)
         groups = self._language_groups(lang_ids, encoded, encoded_len, transcript, transcript_len)
-        for lang, enc, enc_len, tr, tr_len in groups:
-            wer = self.wer if lang is None else self.lang_wer[lang]
-            # Ranks may see different languages in a batch: no sync per language, one all-reduce below.
-            with metric_sync_disabled(wer):
-                if self.joint.fuse_loss_wer:  # NeMo's fused step without the loss: decodes fused_batch_size at a time
-                    by_lang = {} if lang is None else {"lang": lang}
-                    _, _, n, d = self.joint(
-                        encoder_outputs=self._decoding_input(enc),
-                        decoder_outputs=None,
-                        encoder_lengths=enc_len,
-                        transcripts=tr,
-                        transcript_lengths=tr_len,
-                        compute_wer=True,
-                        **by_lang,
-                    )
-                else:
-                    wer.update(
-                        predictions=self._decoding_input(enc), predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len
-                    )
-                    _, n, d = wer.compute()
-                    wer.reset()
-            num, denom = num + n.to(num.device), denom + d.to(denom.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(num)
-            torch.distributed.all_reduce(denom)
+        num, denom = language_wer_counts(self, groups, encoded.device)
         logs = {
             "val_loss": loss,
             "val_wer_num": num,
@@ -589,39 +469,16 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         also carry ``.lang_hypotheses`` ``{lang: text}`` and ``.lang_scores`` ``{lang: log-score}`` for the
         decoders still on (without a LID head, the best score picks the language).
         """
-        languages = file_languages(audio, lang, self.languages, self.architecture)
-        if override_config is not None:  # keep the caller's settings, add the multilingual ones
-            base = {f.name: getattr(override_config, f.name) for f in fields(TranscribeConfig)}
-            trcfg = MultilingualTranscribeConfig(**base)
-        else:
-            trcfg = MultilingualTranscribeConfig(
-                use_lhotse=use_lhotse,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                channel_selector=channel_selector,
-                augmentor=augmentor,
-                verbose=verbose,
-                timestamps=timestamps,
-                partial_hypothesis=partial_hypothesis,
-            )
-        trcfg.return_hypotheses = True
-        trcfg.languages = languages
-        if min_frames is not None:
-            min_frames = checked_number(min_frames, "transcribe(min_frames=...)", fix="give τ ≥ 0 frames (inf: never)")
-        if threshold is not None:
-            threshold = checked_number(threshold, "transcribe(threshold=...)", fix="give s_th ≥ 0 (inf: never)")
-        trcfg.min_frames, trcfg.threshold = min_frames, threshold
+        trcfg = transcribe_config(
+            override_config, file_languages(audio, lang, self.languages, self.architecture), min_frames, threshold,
+            use_lhotse=use_lhotse, batch_size=batch_size, num_workers=num_workers, channel_selector=channel_selector,
+            augmentor=augmentor, verbose=verbose, timestamps=timestamps, partial_hypothesis=partial_hypothesis,
+        )
         return super().transcribe(audio=audio, override_config=trcfg)
 
     def _transcribe_forward(self, batch: Any, trcfg: TranscribeConfig):
         signal, signal_len = batch[0], batch[1]
-        lang_ids = None
-        spec = getattr(trcfg, "languages", None)
-        if spec is not None:
-            size = signal.shape[0]  # batches come in file order: the next `size` files
-            names = [spec] * size if isinstance(spec, str) else spec[trcfg._offset : trcfg._offset + size]
-            trcfg._offset += size
-            lang_ids = torch.tensor([self.languages.index(name) for name in names], device=signal.device)
+        lang_ids = batch_language_ids(trcfg, signal.shape[0], self.languages, signal.device)
         encoded, encoded_len = self.encode(signal, signal_len, lang_ids)
         return {"encoded": encoded, "encoded_len": encoded_len, "lang_ids": lang_ids}
 
@@ -641,48 +498,7 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         return encoded.to(dtype) if encoded.is_floating_point() and encoded.dtype != dtype else encoded
 
     def _transcribe_output_processing(self, outputs: dict, trcfg: TranscribeConfig) -> list[Hypothesis]:
-        encoded, encoded_len, lang_ids = outputs["encoded"], outputs["encoded_len"], outputs["lang_ids"]
-        encoded = self._decoding_input(encoded)
-        batch = encoded.shape[0]
-        log_post = self.lid_log_posteriors(encoded) if self.lid_head is not None else None
-        avg = average_posteriors(log_post, encoded_len) if log_post is not None else None
-        hyps: list[Hypothesis | None] = [None] * batch
-        t_avg = torch.ones(batch, dtype=torch.double)
-        chosen: list[str] = [""] * batch
-
-        if lang_ids is not None:  # known language
-            for lang, rows in self._groups(lang_ids):
-                idx = list(range(batch)) if rows is None else rows.tolist()
-                sub = self._decode(lang, encoded[idx], encoded_len[idx])
-                for i, h in zip(idx, sub):
-                    hyps[i], chosen[i] = h, lang
-        elif not self.is_multisoftmax:  # vanilla: one union softmax; language from the script
-            hyps = self._decode(None, encoded, encoded_len)
-            for i, h in enumerate(hyps):
-                chosen[i] = script_language(h.text, self.vocabularies, avg[i] if avg is not None else None)
-        else:
-            hyps, chosen, t_avg = self._lid_free(encoded, encoded_len, log_post, avg, trcfg)
-
-        if trcfg.timestamps:
-            hyps = process_timestamp_outputs(
-                hyps, self.encoder.subsampling_factor, self.cfg["preprocessor"]["window_stride"]
-            )
-        for i, h in enumerate(hyps):
-            h.lang = chosen[i]
-            h.lang_posteriors = (
-                {lang: float(avg[i, j]) for j, lang in enumerate(self.languages)} if avg is not None else None
-            )
-            h.t_avg = float(t_avg[i])
-        return hyps
-
-    def _lid_free(self, encoded, encoded_len, log_post, avg, trcfg):
-        """Every language's decoder on the one encoder output; early stopping picks who runs to the end."""
-        tau, s_th = getattr(trcfg, "min_frames", None), getattr(trcfg, "threshold", None)
-        return lid_free_decode(
-            encoded, encoded_len, self.languages, self._decode, self._stacked_decoding(), log_post, avg,
-            min_frames=self.multilingual.lid_free.min_frames if tau is None else tau,
-            threshold=self.multilingual.lid_free.threshold if s_th is None else s_th,
-        )
+        return transcribe_hypotheses(self, outputs["encoded"], outputs["encoded_len"], outputs["lang_ids"], trcfg)
 
     def _stacked_decoding(self) -> StackedLanguageDecoding | None:
         """The batched all-languages greedy decoder (built once per decoding config), or None where unsupported."""

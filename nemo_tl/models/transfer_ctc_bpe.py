@@ -12,13 +12,14 @@ from nemo.collections.asr.models import EncDecCTCModelBPE
 
 from nemo_tl.models.mixins import ManifestDataMixin
 from nemo_tl.training import AtomicSaveMixin, SkipNonFiniteStepMixin
+from nemo_tl.transfer.adapters import AdapterTransferMixin
 from nemo_tl.transfer.model import TransferModelMixin
 from nemo_tl.transfer.regularization import ForgettingRegularizationMixin
 
 __all__ = ["TransferCTCBPEModel"]
 
 
-class TransferCTCBPEModel(TransferModelMixin, ForgettingRegularizationMixin, SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDataMixin,
+class TransferCTCBPEModel(TransferModelMixin, AdapterTransferMixin, ForgettingRegularizationMixin, SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDataMixin,
                           EncDecCTCModelBPE):
     """A subword CTC model fine-tuned from an ``EncDecCTCModelBPE`` base; :meth:`from_base` takes ``tokenizer_dir=``."""
 

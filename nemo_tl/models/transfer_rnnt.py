@@ -13,13 +13,14 @@ from nemo.collections.asr.models import EncDecRNNTModel
 
 from nemo_tl.models.mixins import ManifestDataMixin
 from nemo_tl.training import AtomicSaveMixin, SkipNonFiniteStepMixin
+from nemo_tl.transfer.adapters import AdapterTransferMixin
 from nemo_tl.transfer.model import TransferModelMixin
 from nemo_tl.transfer.regularization import ForgettingRegularizationMixin
 
 __all__ = ["TransferRNNTModel"]
 
 
-class TransferRNNTModel(TransferModelMixin, ForgettingRegularizationMixin, SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDataMixin,
+class TransferRNNTModel(TransferModelMixin, AdapterTransferMixin, ForgettingRegularizationMixin, SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDataMixin,
                         EncDecRNNTModel):
     """A character RNN-T model fine-tuned from an ``EncDecRNNTModel`` base; :meth:`from_base` takes ``labels=``."""
 

@@ -14,13 +14,14 @@ from nemo.collections.asr.models import EncDecRNNTBPEModel
 
 from nemo_tl.models.mixins import ManifestDataMixin
 from nemo_tl.training import AtomicSaveMixin, SkipNonFiniteStepMixin
+from nemo_tl.transfer.adapters import AdapterTransferMixin
 from nemo_tl.transfer.model import TransferModelMixin
 from nemo_tl.transfer.regularization import ForgettingRegularizationMixin
 
 __all__ = ["TransferRNNTBPEModel"]
 
 
-class TransferRNNTBPEModel(TransferModelMixin, ForgettingRegularizationMixin, SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDataMixin,
+class TransferRNNTBPEModel(TransferModelMixin, AdapterTransferMixin, ForgettingRegularizationMixin, SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDataMixin,
                            EncDecRNNTBPEModel):
     """A subword RNN-T / TDT model fine-tuned from an ``EncDecRNNTBPEModel`` base; takes ``tokenizer_dir=``."""
 

@@ -2,10 +2,13 @@
 
 - :mod:`~nemo_tl.multilingual.config`: the config keys, validated into a frozen :class:`MultilingualConfig`;
 - :mod:`~nemo_tl.multilingual.dataset`: the language-tagged dataset (batches: ``LanguageBatch``);
+- :mod:`~nemo_tl.multilingual.decoding`: one NeMo decoding and WER metric per language;
 - :mod:`~nemo_tl.multilingual.lid_free`: LID-free decoding (stacked decoding + the early-stopping rule);
 - :mod:`~nemo_tl.multilingual.one_language_batches`: DDP and BatchNorm policy for one language per batch;
 - :mod:`~nemo_tl.multilingual.cuda_graphs`: which NeMo CUDA-graph modes the decoders use;
-- :mod:`~nemo_tl.multilingual.transcribe`: the language of each file at inference;
+- :mod:`~nemo_tl.multilingual.transcribe`: the language of each file at inference, and its decoding;
+- :mod:`~nemo_tl.multilingual.pretrained`: the start from a pretrained NeMo ASR model;
+- :mod:`~nemo_tl.multilingual.aux_ctc`: the auxiliary CTC head on the shared encoder;
 - :mod:`~nemo_tl.multilingual.extraction`: one language as a plain NeMo model.
 """
 

@@ -5,17 +5,30 @@ Batches are :class:`~nemo_tl.data.batches.LanguageBatch` (named fields, the lang
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from nemo.collections.asr.parts.preprocessing.perturb import process_augmentations
 from nemo.collections.common.parts.preprocessing.parsers import make_parser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_tl.compat import AudioTextDataset, speech_collate_fn
 from nemo_tl.data.batches import LanguageBatch
+from nemo_tl.data.frames import model_encoder_frames
+from nemo_tl.data.manifest import flatten_manifest_filepath
+from nemo_tl.data.validate import check_dataset_config
 
-__all__ = ["LanguageAudioToCharDataset", "append_language_onehot", "language_dataset", "concatenated_loader"]
+__all__ = [
+    "LanguageAudioToCharDataset",
+    "append_language_onehot",
+    "concatenated_loader",
+    "language_dataloader",
+    "language_dataset",
+    "language_groups",
+    "language_rows",
+    "per_manifest_loader",
+]
 
 
 class _LanguageCharParser:
@@ -119,6 +132,86 @@ def concatenated_loader(
         num_workers=config.get("num_workers", 0),
         pin_memory=config.get("pin_memory", False),
     )
+
+
+def language_dataloader(model: Any, config: DictConfig | dict | None) -> torch.utils.data.DataLoader | None:
+    """The loader of one dataset section of a ``MultiSoftmaxRNNTModel`` (None without ``manifest_filepath``).
+
+    Every line is checked first against its own language's labels (InputError naming file:line); then
+    one dataset per manifest (:func:`per_manifest_loader`) or, with ``mixing``, ManifestDataMixin's
+    mixed loader over them.
+    """
+    if config is None or not config.get("manifest_filepath"):
+        return None
+    if not isinstance(config, DictConfig):
+        config = OmegaConf.create(dict(config))
+    config = check_dataset_config(
+        config,
+        labels=model.vocabularies,
+        languages=model.languages,
+        sample_rate=config.get("sample_rate") or model.cfg.sample_rate,
+        section=model._dataset_section,
+        parser="base",  # the per-language parsers of LanguageAudioToCharDataset
+        frames=model_encoder_frames(model),  # RNN-T: every utterance must give one encoder frame
+    )
+    if config.get("mixing") is not None:
+        return model._setup_mixed_dataloader(config)
+    return per_manifest_loader(config, model._manifest_dataset, model.global_rank, model.world_size)
+
+
+def per_manifest_loader(
+    config: DictConfig,
+    make_dataset: Callable[[DictConfig, Any], LanguageAudioToCharDataset],
+    global_rank: int = 0,
+    world_size: int = 1,
+) -> torch.utils.data.DataLoader:
+    """One dataset per manifest of ``config`` (``make_dataset(section, augmentor)``), concatenated in one loader."""
+    augmentor = None
+    if config.get("augmentor") is not None:
+        augmentor = process_augmentations(config.augmentor, global_rank=global_rank, world_size=world_size)
+    datasets = []
+    for path in flatten_manifest_filepath(config.manifest_filepath):
+        one = config.copy()
+        with open_dict(one):
+            one.manifest_filepath = path
+        datasets.append(make_dataset(one, augmentor))
+    return concatenated_loader(datasets, config)
+
+
+def language_rows(lang_ids: torch.Tensor, languages: Sequence[str]) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """Yield ``(lang, rows)`` per language present in lang_ids (B,); ``rows`` is None when it is the whole batch."""
+    present = torch.unique(lang_ids).tolist()
+    if len(present) == 1:
+        yield languages[present[0]], None
+        return
+    for i in present:
+        yield languages[i], (lang_ids == i).nonzero(as_tuple=True)[0]
+
+
+def language_groups(
+    lang_ids: torch.Tensor,
+    languages: Sequence[str] | None,
+    encoded: torch.Tensor,
+    encoded_len: torch.Tensor,
+    transcript: torch.Tensor,
+    transcript_len: torch.Tensor,
+) -> Iterator[tuple[str | None, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(lang, encoded, encoded_len, transcript, transcript_len)`` per language in the batch.
+
+    Shapes: lang_ids (B,), encoded (B, D, T), encoded_len (B,), transcript (B, U), transcript_len (B,).
+    ``languages`` None (the union-softmax baselines): the whole batch, with ``lang`` None. A language's
+    transcripts are cropped to its longest one.
+    """
+    if languages is None:
+        yield None, encoded, encoded_len, transcript, transcript_len
+        return
+    for lang, rows in language_rows(lang_ids, languages):
+        if rows is None:
+            yield lang, encoded, encoded_len, transcript, transcript_len
+        else:
+            tr_len = transcript_len[rows]
+            tr = transcript[rows][:, : max(int(tr_len.max()), 1)]
+            yield lang, encoded[rows], encoded_len[rows], tr, tr_len
 
 
 def append_language_onehot(features: torch.Tensor, lang_ids: torch.Tensor, num_languages: int) -> torch.Tensor:

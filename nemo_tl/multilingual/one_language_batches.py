@@ -16,10 +16,17 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from nemo.utils import logging
 
 from nemo_tl.compat import ddp_find_unused_parameters
 
-__all__ = ["BATCH_NORMS", "FreezeBatchNormAfter", "batch_norm_warning", "expect_unused_parameters"]
+__all__ = [
+    "BATCH_NORMS",
+    "FreezeBatchNormAfter",
+    "batch_norm_warning",
+    "expect_unused_parameters",
+    "prepare_one_language_batches",
+]
 
 BATCH_NORMS = (torch.nn.modules.batchnorm._BatchNorm,)  # batch statistics shared across utterances
 
@@ -68,3 +75,16 @@ def batch_norm_warning(
         "ConformerEncoder with conv_norm_type: layer_norm), model.freeze_batch_norm_after=N (running "
         "statistics from step N on) or model.train_ds.mixing.per_batch=false."
     )
+
+
+def prepare_one_language_batches(model: Any, stage: str | None) -> None:
+    """At the model's ``setup``: multi-softmax under DDP expects unused parameters; a fit warns about BatchNorm."""
+    if model.is_multisoftmax and expect_unused_parameters(model.trainer):
+        logging.info("MultiSoftmaxRNNTModel: DDP set to find_unused_parameters=True (one language a batch)")
+    if stage in (None, "fit"):
+        warning = batch_norm_warning(
+            model.encoder, model.cfg.get("train_ds"), model.lid_head is not None,
+            model.multilingual.freeze_batch_norm_after,
+        )
+        if warning:
+            logging.warning(warning)

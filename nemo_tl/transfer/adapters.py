@@ -8,9 +8,12 @@ encoder, BatchNorm statistics included. The adapters and the new decoder (rows o
 copied from the base, as ``keep_shared`` does) are what train: a new language costs
 :func:`adapter_parameter_share` of the model.
 
-NeMo's adapters keep the vocabulary; the vocabulary transfer lifts that limit. The base decoder
-is kept in the model (``base_decoder``, frozen, saved in the ``.nemo`` with its config under
-``model.base_decoder``), so one file serves both languages::
+NeMo's adapters keep the vocabulary; the vocabulary transfer lifts that limit. The base head is
+kept in the model, frozen and saved in the ``.nemo`` with its config: ``base_decoder`` (the CTC
+decoder, or the RNN-T prediction network) and, for RNN-T, ``base_joint`` (config sections
+``model.base_decoder`` / ``model.base_joint``); a subword model also keeps the base SentencePiece
+tokenizer (``base_tokenizer``, a ``.nemo`` artifact under ``model.base_tokenizer.model_path``). So one
+file serves both languages::
 
     model.set_enabled_adapters(enabled=False)   # NeMo's switch
     model.use_base_decoder(True)                # the base model, exactly (eval mode)
@@ -18,20 +21,26 @@ is kept in the model (``base_decoder``, frozen, saved in the ``.nemo`` with its 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from nemo.collections.asr.parts.mixins import ASRBPEMixin
 from nemo.core.classes.mixins import adapter_mixins
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_tl.compat import optimizer_param_groups, set_optimizer_param_groups
 from nemo_tl.config_checks import checked_choice, checked_int, checked_number, checked_section
 from nemo_tl.errors import input_error
+from nemo_tl.transfer.tokens import _sentencepiece
 
 __all__ = [
     "AdapterConfig", "AdapterTransferMixin", "adapter_encoder_config", "adapter_parameter_share",
-    "attach_adapters", "freeze_outside_adapters",
+    "attach_adapters", "freeze_outside_adapters", "head_attributes",
 ]
 
 WHERE = "model.transfer.adapters"
@@ -98,19 +107,34 @@ def _checked_dropout(value: Any, where: str) -> float:
     return value
 
 
+def head_attributes(model: Any) -> tuple[str, ...]:
+    """The attributes of a transfer model's (or class's) head: ``("decoder", "joint")`` for RNN-T, else the CTC decoder's."""
+    if getattr(model, "has_rnnt_head", False):
+        return ("decoder", "joint")
+    return (getattr(model, "ctc_decoder_attr", None) or "decoder",)
+
+
+def _base_heads(model: Any) -> list[torch.nn.Module]:
+    """The kept base head modules (``base_decoder``, ``base_joint``, wherever selected) of ``model``; empty without adapters."""
+    prefix = "" if getattr(model, "_base_decoder_selected", False) else "base_"
+    heads = [getattr(model, f"{prefix}{attr}", None) for attr in head_attributes(model)]
+    return [m for m in heads if isinstance(m, torch.nn.Module)]
+
+
 # ----------------------------------------------------------------------------- config
 def adapter_encoder_config(
     cfg: DictConfig, base: Any | None, adapters: AdapterConfig | None, *, model: type
 ) -> DictConfig:
-    """``cfg`` (a merged transfer config) with NeMo's adapter class as the encoder and the base decoder kept.
+    """``cfg`` (a merged transfer config) with NeMo's adapter class as the encoder and the base head kept.
 
     The encoder ``_target_`` becomes the adapter class NeMo registered for it (what NeMo's
-    ``train_asr_adapter.py`` does); ``model.base_decoder`` gets the base model's decoder section.
-    ``model`` is the transfer class being built: it must have :class:`AdapterTransferMixin`.
+    ``train_asr_adapter.py`` does); ``model.base_decoder`` (and ``model.base_joint`` for RNN-T) get
+    the base model's head sections. ``model`` is the transfer class being built: it must have
+    :class:`AdapterTransferMixin`.
 
     Raises:
-        InputError: no base model, a transfer class without adapter support, or an encoder NeMo
-            registers no adapter class for.
+        InputError: no base model, a transfer class without adapter support, a subword base whose
+            tokenizer is not SentencePiece, or an encoder NeMo registers no adapter class for.
     """
     if adapters is None:
         return cfg
@@ -122,11 +146,20 @@ def adapter_encoder_config(
         )
     if not issubclass(model, AdapterTransferMixin):
         raise input_error(
-            f"{model.__name__} does not support adapters yet (they keep the base decoder to recover the base "
-            "model, which nemo_tl does for character CTC models)",
+            f"{model.__name__} does not support adapters (they keep the base head to recover the base model, "
+            "which nemo_tl does for CTC and RNN-T models, character or subword, but not for hybrid RNN-T/CTC ones)",
             where=WHERE,
-            fix="use a character CTC base (TransferCTCModel), or remove model.transfer.adapters and fine-tune "
-            "with freeze_encoder_blocks or replay",
+            fix="use a CTC or RNN-T base (TransferCTCModel, TransferCTCBPEModel, TransferRNNTModel, "
+            "TransferRNNTBPEModel), or remove model.transfer.adapters and fine-tune with freeze_encoder_blocks "
+            "or replay",
+        )
+    if getattr(base, "tokenizer", None) is not None and _sentencepiece(base.tokenizer) is None:
+        raise input_error(
+            f"the base model's tokenizer is {type(base.tokenizer).__name__}; adapters keep the base tokenizer in "
+            "the .nemo to decode the base language, which nemo_tl does for SentencePiece (bpe) tokenizers only",
+            where=WHERE,
+            fix="start from a base with a SentencePiece tokenizer, or remove model.transfer.adapters and fine-tune "
+            "(freeze_encoder_blocks, replay) instead",
         )
     target = cfg.encoder.get("_target_")
     info = adapter_mixins.get_registered_adapter(target) if target else None
@@ -140,7 +173,10 @@ def adapter_encoder_config(
         )
     with open_dict(cfg):
         cfg.encoder._target_ = info.adapter_class_path
-        cfg.base_decoder = OmegaConf.create(OmegaConf.to_container(base.cfg.decoder, resolve=True))
+        for attr in head_attributes(model):
+            cfg[f"base_{attr}"] = OmegaConf.create(OmegaConf.to_container(base.cfg[attr], resolve=True))
+        if getattr(base, "tokenizer", None) is not None:
+            cfg.base_tokenizer = {"model_path": None}  # set by attach_adapters, an artifact of the .nemo
     return cfg
 
 
@@ -194,37 +230,81 @@ def freeze_outside_adapters(module: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- the model side
+class _BaseTokenizer(ASRBPEMixin):
+    """NeMo's own tokenizer set-up (``ASRBPEMixin._setup_tokenizer``) for the kept base tokenizer.
+
+    Its SentencePiece model is registered on ``model`` as ``base_tokenizer.model_path`` (so it is
+    saved in and restored from the ``.nemo``); the vocabulary text files NeMo also looks for are
+    not needed to decode and are not kept.
+    """
+
+    def __init__(self, model: Any, model_path: str):
+        self._model = model
+        self._setup_tokenizer(OmegaConf.create({"dir": os.path.dirname(model_path), "type": "bpe",
+                                                "model_path": model_path}))
+
+    def register_artifact(self, config_path: str, src: str, verify_src_exists: bool = True) -> str:
+        if config_path == "tokenizer.model_path":
+            return self._model.register_artifact("base_tokenizer.model_path", src)
+        return src
+
+
+def _attach_base_tokenizer(model: Any, base: Any | None) -> None:
+    """``model.base_tokenizer``: the base's SentencePiece tokenizer, kept as a ``.nemo`` artifact.
+
+    A fresh model writes the base tokenizer's model (``serialized_model_proto``) to a directory that
+    lives as long as ``model``; a restored one reads it from the ``.nemo`` (NeMo's ``register_artifact``).
+    """
+    if model.cfg.get("base_tokenizer") is None:
+        return
+    src = model.cfg.base_tokenizer.get("model_path")
+    if base is not None:
+        directory = tempfile.mkdtemp(prefix="nemo_tl_base_tokenizer_")
+        weakref.finalize(model, shutil.rmtree, directory, True)
+        src = os.path.join(directory, "tokenizer.model")
+        with open(src, "wb") as f:
+            f.write(_sentencepiece(base.tokenizer).serialized_model_proto())
+    holder = _BaseTokenizer(model, src)
+    if base is not None:  # a restored model's config keeps NeMo's artifact name
+        with open_dict(model.cfg):
+            model.cfg.base_tokenizer.model_path = holder.model_path
+    model.base_tokenizer = holder.tokenizer
+
+
 def attach_adapters(model: Any, adapters: AdapterConfig | None, base: Any | None = None) -> None:
-    """Add the adapters and the frozen base decoder to ``model`` (built from :func:`adapter_encoder_config`'s config).
+    """Add the adapters and the frozen base head to ``model`` (built from :func:`adapter_encoder_config`'s config).
 
     Called at the end of a transfer model's construction. A fresh model (``base`` given) gets
-    NeMo's adapters added and enabled and the base decoder's weights; a restored one already has
-    its adapters (NeMo's ``setup_adapters``) and gets its base decoder weights from the ``.nemo``.
+    NeMo's adapters added and enabled and the base head's weights (and tokenizer); a restored one
+    already has its adapters (NeMo's ``setup_adapters``) and gets its base head from the ``.nemo``.
     """
     if adapters is None:
         return
-    from nemo.collections.asr.models import EncDecCTCModel
-
-    model.base_decoder = EncDecCTCModel.from_config_dict(model.cfg.base_decoder)
-    if base is not None:
-        model.base_decoder.load_state_dict(base.decoder.state_dict())
+    for attr in head_attributes(model):
+        head = model.from_config_dict(model.cfg[f"base_{attr}"])
+        if base is not None:
+            head.load_state_dict(getattr(base, attr).state_dict())
+        setattr(model, f"base_{attr}", head)
+    _attach_base_tokenizer(model, base)
     if base is not None and not model.is_adapter_available():  # a config with `adapters` (a checkpoint) has them
         in_features = model.cfg.encoder.get("d_model") or model.cfg.encoder.jasper[-1].filters
         model.add_adapter(name=adapters.name, cfg=adapters.linear_adapter_cfg(in_features))
         model.set_enabled_adapters(enabled=False)
         model.set_enabled_adapters(name=adapters.name, enabled=True)
     freeze_outside_adapters(model.encoder)
-    freeze_outside_adapters(model.base_decoder)
+    for head in _base_heads(model):
+        freeze_outside_adapters(head)
 
 
 def adapter_parameter_share(model: torch.nn.Module) -> dict[str, float]:
-    """What a new language costs: adapter and decoder parameters against the whole model.
+    """What a new language costs: adapter and new head parameters against the whole model.
 
-    Returns ``{"adapters": n, "decoder": m, "total": t, "share": (n + m) / t}`` (the base decoder,
-    kept for the source language, counts in ``total`` only).
+    Returns ``{"adapters": n, "decoder": m, "total": t, "share": (n + m) / t}``: ``decoder`` counts the
+    new head (the CTC decoder; for RNN-T the prediction network and joint); the base head, kept for
+    the source language, counts in ``total`` only.
     """
     adapter = sum(p.numel() for n, p in model.named_parameters() if f".{ADAPTER_LAYER}." in f".{n}")
-    decoder = sum(p.numel() for p in model.decoder.parameters())
+    decoder = sum(p.numel() for attr in head_attributes(model) for p in getattr(model, attr).parameters())
     total = sum(p.numel() for p in model.parameters())
     return {"adapters": adapter, "decoder": decoder, "total": total, "share": (adapter + decoder) / total}
 
@@ -232,9 +312,11 @@ def adapter_parameter_share(model: torch.nn.Module) -> dict[str, float]:
 class AdapterTransferMixin:
     """``use_base_decoder``: a transfer model with adapters is also its base model, exactly.
 
-    With the adapters disabled (NeMo's ``set_enabled_adapters(enabled=False)``) and the base
-    decoder selected, the model computes the base model's outputs bit for bit in eval mode (the
-    encoder and its statistics are frozen). Saving always writes the target decoder as ``decoder``.
+    With the adapters disabled (NeMo's ``set_enabled_adapters(enabled=False)``) and the base head
+    selected (the CTC decoder, or the RNN-T prediction network and joint; a subword model's
+    tokenizer too), the model computes the base model's outputs bit for bit in eval mode (the
+    encoder and its statistics are frozen). Saving always writes the target head as ``decoder``
+    (and ``joint``).
     """
 
     _base_decoder_selected = False
@@ -244,7 +326,7 @@ class AdapterTransferMixin:
         return self._base_decoder_selected
 
     def use_base_decoder(self, enabled: bool = True) -> None:
-        """Decode with the base model's decoder and labels (True) or the target's (False)."""
+        """Decode with the base model's head and labels or tokenizer (True) or the target's (False)."""
         if not isinstance(getattr(self, "base_decoder", None), torch.nn.Module):
             raise input_error(
                 "this model keeps no base decoder (it was built without adapters)",
@@ -253,24 +335,31 @@ class AdapterTransferMixin:
             )
         if bool(enabled) == self._base_decoder_selected:
             return
-        self.decoder, self.base_decoder = self.base_decoder, self.decoder
+        for attr in head_attributes(self):
+            own, kept = getattr(self, attr), getattr(self, f"base_{attr}")
+            setattr(self, attr, kept)
+            setattr(self, f"base_{attr}", own)
+        if getattr(self, "base_tokenizer", None) is not None:
+            self.tokenizer, self.base_tokenizer = self.base_tokenizer, self.tokenizer
         self._base_decoder_selected = bool(enabled)
         self.change_decoding_strategy(self.cfg.decoding, verbose=False)
 
     def unfreeze(self, *args, **kwargs) -> None:
-        """NeMo's unfreeze (``transcribe()`` calls it), then the base encoder and base decoder frozen again."""
+        """NeMo's unfreeze (``transcribe()`` calls it), then the base encoder and base head frozen again."""
         super().unfreeze(*args, **kwargs)
-        if isinstance(getattr(self, "base_decoder", None), torch.nn.Module):
-            freeze_outside_adapters(self.encoder)
-            freeze_outside_adapters(self.base_decoder)
+        heads = _base_heads(self)
+        if heads:
+            for module in (self.encoder, *heads):
+                freeze_outside_adapters(module)
 
     def setup_optimizer_param_groups(self):
-        """NeMo's parameter groups without the frozen base encoder and base decoder (no optimizer state for them)."""
+        """NeMo's parameter groups without the frozen base encoder and base head (no optimizer state for them)."""
         super().setup_optimizer_param_groups()
         groups = optimizer_param_groups(self)
-        if groups is None or not isinstance(getattr(self, "base_decoder", None), torch.nn.Module):
+        heads = _base_heads(self)
+        if groups is None or not heads:
             return
-        frozen = {id(p) for m in (self.encoder, self.base_decoder) for p in m.parameters() if not p.requires_grad}
+        frozen = {id(p) for m in (self.encoder, *heads) for p in m.parameters() if not p.requires_grad}
         kept = [{**g, "params": [p for p in g["params"] if id(p) not in frozen]} for g in groups]
         set_optimizer_param_groups(self, [g for g in kept if g["params"]])
 

@@ -5,7 +5,7 @@ the target vocabulary → load the base weights → copy the shared token rows (
 freeze the k lowest encoder blocks → report what was kept (``model.transfer_report``).
 
 Each transfer class lists the mixin first, then the package's training mixins, then its NeMo class
-(``class TransferCTCBPEModel(TransferModelMixin, SkipNonFiniteStepMixin, AtomicSaveMixin,
+(``class TransferCTCBPEModel(TransferModelMixin, ForgettingRegularizationMixin, SkipNonFiniteStepMixin, AtomicSaveMixin,
 ManifestDataMixin, EncDecCTCModelBPE)``), and states its head with three class attributes.
 """
 
