@@ -882,10 +882,6 @@ def format_report(problems: Sequence[Problem], limit: int = REPORT_LIMIT) -> str
 
 
 # Dataset options whose wrong type NeMo reports late or not at all ("false" as a string is true).
-def _flag(value: Any, where: str) -> bool:
-    return checked_flag(value, where)
-
-
 def _positive_int(fix: str) -> Callable[[Any, str], int]:
     return lambda value, where: checked_int(value, where, minimum=1, fix=fix)
 
@@ -901,10 +897,10 @@ _OPTION_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "sample_rate": _positive_int("e.g. sample_rate: 16000"),
     "max_duration": _duration("e.g. max_duration: 16.7"),
     "min_duration": _duration("e.g. min_duration: 0.1"),
-    "shuffle": _flag,
-    "skip_invalid": _flag,
-    "trim_silence": _flag,
-    "normalize_transcripts": _flag,
+    "shuffle": checked_flag,
+    "skip_invalid": checked_flag,
+    "trim_silence": checked_flag,
+    "normalize_transcripts": checked_flag,
 }
 _NEMO_TL_DATASET_KEYS = ("skip_invalid", "mixing")
 
