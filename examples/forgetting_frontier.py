@@ -156,8 +156,7 @@ class Experiment:
         src = self.langs[0]
         cfg = OmegaConf.load(REPO / "conf" / f"{self.args.base_config}.yaml").model
         cfg.labels = labels_for(src)
-        cfg.train_ds = data_cfg(self.corpus[src]["train"], labels_for(src), self.args.batch, True)
-        cfg.train_ds.drop_last = True  # see finetune
+        cfg.train_ds = data_cfg(self.corpus[src]["train"], labels_for(src), self.args.batch, True, drop_last=True)
         cfg.validation_ds = data_cfg(None, labels_for(src), 64, False)
         cfg.optim = finetune_optim(SCRATCH_LR, warmup_ratio=0.05)
         torch.manual_seed(self.args.seed)
@@ -187,11 +186,7 @@ class Experiment:
         from nemo_tl.transfer.recipe import finetune_optim
         from nemo_tl.utils.training import quick_trainer
 
-        train = data_cfg(self.corpus[lang]["train"], self.labels, self.args.batch, True)
-        # Full batches only: NeMo's SpecCutout (rect_time 120 frames in the QuartzNet configs) crashes on a
-        # batch whose longest utterance is shorter than rect_time, which a small last batch of short
-        # sentences can be (nemo_tl.data.validate reports that risk before training).
-        train["drop_last"] = True
+        train = data_cfg(self.corpus[lang]["train"], self.labels, self.args.batch, True, drop_last=True)
         if replay:
             train["manifest_filepath"] = [self.corpus[lang]["train"], *(self.corpus[x]["train"] for x in replay)]
             train["mixing"] = {"weights": [1 - sum(replay.values()), *replay.values()], "seed": self.args.seed}

@@ -43,7 +43,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 UNCERTAINTY_DECODER = "nemo_tl.modules.UncertaintyConvASRDecoder"
 SMOKE = {"hours": 0.01, "teacher_steps": 3, "student_steps": 2, "batch": 4, "teacher_width": 0.125,
-         "teacher_repeat": 1, "student_width": 0.0625, "student_repeat": 1, "small_width": 0.03125, "workers": 0}
+         "teacher_repeat": 1, "student_width": 0.0625, "student_repeat": 1, "small_width": 0.03125, "workers": 0,
+         "rect_time": 32}
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,15 @@ def check_claims(rows: dict[str, dict]) -> list[dict]:
     return checked
 
 
-def quartznet(conf: str, width: float = 1.0, repeat: int | None = None):
+def quartznet(conf: str, width: float = 1.0, repeat: int | None = None, rect_time: int | None = None):
     """The ``model`` section of ``conf/{conf}.yaml`` with the uncertainty decoder, every encoder block's
-    filters scaled by ``width`` (to a multiple of 8) and its repeat R capped at ``repeat``."""
+    filters scaled by ``width`` (to a multiple of 8), its repeat R capped at ``repeat`` and, given,
+    ``spec_augment.rect_time`` set to ``rect_time`` feature frames."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(REPO / "conf" / f"{conf}.yaml").model
+    if rect_time is not None:
+        cfg.spec_augment.rect_time = rect_time
     for block in cfg.encoder.jasper:
         block.filters = max(8, 8 * round(block.filters * width / 8))
         if repeat is not None:
@@ -171,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--online", action="store_true", help="run the teachers in every step instead of caching")
     p.add_argument("--workers", type=int, default=4 if torch.cuda.is_available() else 0, help="loader workers")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rect-time", type=int, default=None,
+                   help="spec_augment.rect_time in feature frames (default: the configs' 120, 1.2 s; a corpus of "
+                   "shorter utterances needs less: NeMo's SpecCutout crashes on a batch shorter than it)")
     p.add_argument("--smoke", action="store_true", help="tiny corpus, models and steps (a CPU test)")
     if p.parse_known_args(argv)[0].smoke:
         p.set_defaults(**SMOKE)
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     def loader(manifests: list[str]) -> dict:
-        train = data_cfg(manifests if len(manifests) > 1 else manifests[0], labels, args.batch, True)
+        train = data_cfg(manifests if len(manifests) > 1 else manifests[0], labels, args.batch, True, drop_last=True)
         train["num_workers"] = args.workers
         if len(manifests) > 1:
             train["mixing"] = {"weights": [1.0] * len(manifests), "seed": args.seed}
@@ -247,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher_paths = []
     teachers = []
     for d in domains:
-        cfg = quartznet(args.teacher_config, args.teacher_width, args.teacher_repeat)
+        cfg = quartznet(args.teacher_config, args.teacher_width, args.teacher_repeat, args.rect_time)
         cfg.labels, cfg.optim.lr = labels, args.lr
         cfg.train_ds = loader([data[d]["teacher_train"]])
         cfg.validation_ds = data_cfg(None, labels, 64, False)
@@ -268,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     caches: dict[tuple[int, ...], str] = {}
     for run in RUNS:
         if run.size == "student":
-            cfg = quartznet("distill_ctc", args.student_width, args.student_repeat)
+            cfg = quartznet("distill_ctc", args.student_width, args.student_repeat, args.rect_time)
         else:
-            cfg = quartznet("distill_ctc", args.small_width, args.small_repeat)
+            cfg = quartznet("distill_ctc", args.small_width, args.small_repeat, args.rect_time)
         cfg.labels, cfg.optim.lr = labels, args.lr
         cfg.train_ds = loader(student_train)
         cfg.validation_ds = data_cfg(None, labels, 64, False)

@@ -1,24 +1,29 @@
 """Joshi et al. 2021 Tables 2, 4, 5, 7 on synthesized speech, in one run.
 
-    python examples/reproduce_multilingual.py --out runs/ms --langs en,de,ru,hi --hours 0.3 \
-        --steps 1500 --text digits --encoder quartznet --freeze-bn-after 300
+    python examples/reproduce_multilingual.py --out runs/ms_cldr
 
-(the defaults; docs/RESULTS.md, setting C, gives its results on one H200). A pretrained start:
+(the defaults: ``--langs en,de,ru,hi --hours 1.4 --text cldr --encoder conf --pretrain-ctc-steps 1200
+--steps 1200 --aux-ctc-weight 0.3 --architectures multisoftmax,vanilla``; docs/RESULTS.md, setting G).
+CLDR sentences; ``conf/multisoftmax_rnnt.yaml``'s Conformer (8 layers, 4x subsampling) is pre-trained as
+one CTC model over the union alphabet on every language pooled (same preprocessor and encoder), then
+each multilingual model starts from it (``MultiSoftmaxRNNTModel.from_base``;
+``--freeze-encoder-blocks k``) and trains with an auxiliary CTC loss over the union labels on the
+shared encoder (``model.aux_ctc``, started from the pre-trained CTC decoder). About 4 minutes per
+model on one H200, pre-training included. Every manifest is checked first: a transcript the encoder cannot CTC-align is
+an error naming its line. Digit words with a BatchNorm QuartzNet from scratch (docs/RESULTS.md,
+setting C):
 
-    python examples/reproduce_multilingual.py --out runs/ms_pre --text cldr --hours 1.4 --encoder conf \
-        --pretrain-ctc-steps 1500 --steps 2000 --architectures multisoftmax,vanilla
+    python examples/reproduce_multilingual.py --out runs/ms --hours 0.3 --steps 1500 --text digits \
+        --encoder quartznet --freeze-bn-after 300 --pretrain-ctc-steps 0 --aux-ctc-weight 0 \
+        --architectures multisoftmax,vanilla,onehot
 
-pre-trains a CTC model over the union alphabet on every language pooled (same preprocessor and
-encoder), then starts each multilingual model from it (``MultiSoftmaxRNNTModel.from_base``;
-``--freeze-encoder-blocks k``). ``--aux-ctc-weight w`` adds a CTC loss over the union labels on the
-shared encoder (``model.aux_ctc``; started from the pre-trained CTC decoder). Results are written to
-``--out`` as each model finishes.
+Results are written to ``--out`` as each model finishes.
 
 1. Synthesizes one corpus per language (``nemo_tl.data.synth_corpus``; ``lang`` on every line).
-2. Trains ``conf/multisoftmax_rnnt.yaml`` three times on the same manifests with the same sampler
-   (one language per batch, drawn ∝ hours): ``multisoftmax`` (with the LID head), and the paper's
-   baselines ``vanilla`` (one union softmax) and ``onehot`` (union softmax, language one-hot at the
-   encoder input).
+2. Trains ``conf/multisoftmax_rnnt.yaml`` once per ``--architectures`` entry on the same manifests
+   with the same sampler (one language per batch, drawn ∝ hours): ``multisoftmax`` (with the LID
+   head), and the paper's baselines ``vanilla`` (one union softmax) and ``onehot`` (union softmax,
+   language one-hot at the encoder input).
 3. Scores them on the test sets: multi-softmax known-language, LID-free and oracle; vanilla
    (LID-free by construction); onehot (known language). Per-language WER and CER, word- and
    character-weighted averages, WERR and CERR against vanilla, utterance LID accuracy, T_avg; then the (τ, s_th) sweep of the
@@ -98,10 +103,14 @@ def pretrain_ctc(cfg, manifests: list[str], steps: int):
     """A NeMo CTC model over the union of ``cfg``'s languages' labels, trained on ``manifests`` pooled.
 
     Same sample rate, preprocessor, spec_augment, encoder and optimizer as the multilingual ``cfg``.
+    Every manifest line is checked first, its transcript counted in CTC frames: NeMo's CTC loss would be
+    0, silently, for one the encoder cannot align.
     """
     from nemo.collections.asr.models import EncDecCTCModel
     from omegaconf import OmegaConf
 
+    from nemo_tl.data.frames import config_encoder_frames
+    from nemo_tl.data.validate import check_manifests
     from nemo_tl.multilingual.config import MultilingualConfig
     from nemo_tl.utils.training import TrainingTimer, quick_trainer
 
@@ -118,6 +127,8 @@ def pretrain_ctc(cfg, manifests: list[str], steps: int):
                     "feat_in": cfg.model_defaults.enc_hidden, "num_classes": len(labels), "vocabulary": labels},
         "optim": cfg.optim,
     })
+    check_manifests(manifests, labels=labels, sample_rate=cfg.sample_rate, frames=config_encoder_frames(ctc_cfg),
+                    parser="base")
     timer = TrainingTimer()
     trainer = quick_trainer(steps, callbacks=[timer])
     model = EncDecCTCModel(cfg=ctc_cfg, trainer=trainer)
@@ -150,17 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--langs", default="en,de,ru,hi")
-    p.add_argument("--hours", type=float, default=0.3)
+    p.add_argument("--hours", type=float, default=1.4)
     p.add_argument("--corpus", default=None, help="where the synthesized corpus goes (default OUT/corpus)")
-    p.add_argument("--text", default="digits")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--text", default="cldr", help="digits, cldr (sentences) or mixed (nemo_tl.data.texts)")
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="default: conf/multisoftmax_rnnt.yaml optim.lr")
     p.add_argument("--layers", type=int, default=None, help="encoder layers (default: the config's)")
     p.add_argument(
         "--encoder",
         choices=("conf", "quartznet"),
-        default="quartznet",
+        default="conf",
         help="quartznet: a QuartzNet-style BatchNorm encoder; conf: conf/multisoftmax_rnnt.yaml's Conformer",
     )
     p.add_argument(
@@ -169,20 +180,20 @@ def main(argv: list[str] | None = None) -> int:
         default=300,
         help="model.freeze_batch_norm_after (steps; -1: never; ignored by --encoder conf, which has no BatchNorm)",
     )
-    p.add_argument("--architectures", default="multisoftmax,vanilla,onehot")
+    p.add_argument("--architectures", default="multisoftmax,vanilla", help="of multisoftmax, vanilla, onehot")
     p.add_argument("--eval-batch", type=int, default=64, help="utterances per decoding batch in evaluation")
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
     p.add_argument("--save", action="store_true", help="also write the multi-softmax model to OUT/multisoftmax.nemo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-ratio", type=float, default=None, help="optim.sched.warmup_ratio (default: the config's)")
     p.add_argument(
-        "--pretrain-ctc-steps", type=int, default=0,
+        "--pretrain-ctc-steps", type=int, default=1200,
         help="N > 0: pre-train a CTC model over the union alphabet on all languages pooled for N steps, then start "
-        "every model from it (from_base)",
+        "every model from it (from_base); 0: from scratch",
     )
     p.add_argument("--freeze-encoder-blocks", type=int, default=0, help="with --pretrain-ctc-steps: frozen blocks")
     p.add_argument(
-        "--aux-ctc-weight", type=float, default=0.0,
+        "--aux-ctc-weight", type=float, default=0.3,
         help="model.aux_ctc.ctc_loss_weight w: loss = (1 - w) RNN-T + w CTC over the union labels (0: off)",
     )
     args = p.parse_args(argv)

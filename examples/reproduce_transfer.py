@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = OmegaConf.load(REPO / "conf" / f"{args.base_config}.yaml").model
         cfg.labels = labels_for(src)
-        cfg.train_ds = data_cfg(corpus[src]["train"], labels_for(src), args.batch, True)
+        cfg.train_ds = data_cfg(corpus[src]["train"], labels_for(src), args.batch, True, drop_last=True)
         cfg.validation_ds = data_cfg(None, labels_for(src), 64, False)
         cfg.optim = finetune_optim(args.base_lr, warmup_ratio=0.05)
         curve, timer = DevCurve({src: dev[src]}, args.eval_every * 5), StepTimer()
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, transfer, replay, lr in runs:
         torch.manual_seed(args.seed)
-        train = data_cfg(corpus[tgt]["train"], labels, args.batch, True)
+        train = data_cfg(corpus[tgt]["train"], labels, args.batch, True, drop_last=True)
         if replay:
             train["manifest_filepath"] = [corpus[tgt]["train"], corpus[src]["train"]]
             train["mixing"] = {"weights": [1 - args.replay, args.replay], "seed": args.seed}

@@ -60,9 +60,12 @@ def make_corpus(out: Path, jobs: int | None = None, utterances: int = CORPUS_UTT
                              text_source="digits", jobs=jobs)
 
 
-def data_cfg(manifest, labels: list[str], batch_size: int, shuffle: bool) -> dict:
+def data_cfg(manifest, labels: list[str], batch_size: int, shuffle: bool, drop_last: bool = False) -> dict:
+    """A NeMo character dataset section. ``drop_last``: full batches only, for training on short sentences
+    with a ``SpecCutout`` of QuartzNet's ``rect_time`` (a small last batch of short utterances crashes it;
+    ``nemo_tl.data.spec_cutout`` refuses such a set before training)."""
     return {"manifest_filepath": manifest, "sample_rate": 16000, "labels": labels, "batch_size": batch_size,
-            "shuffle": shuffle, "num_workers": 0, "parser": "base", "max_duration": 20.0}
+            "shuffle": shuffle, "num_workers": 0, "parser": "base", "max_duration": 20.0, "drop_last": drop_last}
 
 
 def clear_dataset_paths(model) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from nemo.collections.asr.models import EncDecCTCModel
 
 from nemo_tl.data.batches import LanguageBatch
+from nemo_tl.data.synthetic import write_manifest
 from nemo_tl.losses.lid import frame_lid_loss
 from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
 from tests.helpers import raises_input_error
@@ -57,3 +60,25 @@ def test_a_ctc_base_starts_the_aux_head_from_its_shared_rows(base_nemo):
 def test_bad_ctc_weight(weight):
     raises_input_error(lambda: MultiSoftmaxRNNTModel(ms_cfg(aux_ctc={"ctc_loss_weight": weight})),
                        r"model\.aux_ctc\.ctc_loss_weight")
+
+
+def test_aux_ctc_rejects_a_transcript_the_encoder_cannot_ctc_align(tmp_path):
+    """8x subsampling: 0.5 s give 7 encoder frames, too few for CTC over 17 labels (NeMo's loss would be 0)."""
+    entries = []
+    for i, (seconds, text) in enumerate([(1.0, "abc"), (0.5, "abcdefgh abcdefgh")]):
+        wav = str(tmp_path / f"{i}.wav")
+        sf.write(wav, 0.1 * np.random.default_rng(i).standard_normal(int(16000 * seconds)), 16000)
+        entries.append({"audio_filepath": wav, "duration": seconds, "text": text, "lang": "en"})
+    manifest = write_manifest(str(tmp_path / "en.json"), entries)
+
+    def cfg(**overrides):
+        cfg = ms_cfg(train_ds={"manifest_filepath": manifest}, **overrides)
+        cfg.encoder.subsampling_factor = 8
+        return cfg
+
+    message = raises_input_error(
+        lambda: MultiSoftmaxRNNTModel(cfg(aux_ctc={"ctc_loss_weight": 0.3})),
+        r"en\.json:2: \[text\] the transcript needs 17 encoder frames", "CTC cannot align", "subsampling_factor: 4",
+    )
+    assert "en.json:1:" not in message
+    assert MultiSoftmaxRNNTModel(cfg())._train_dl is not None  # RNN-T needs one frame: accepted

@@ -28,6 +28,12 @@ def iter_manifest_lines(path: str) -> Iterator[tuple[int, str]]:
 
 def read_manifest(path: str) -> list[dict[str, Any]]:
     """Parse every line of manifest ``path``; raise :class:`InputError` naming the first bad line."""
+    return [entry for _, entry in read_numbered_manifest(path)]
+
+
+def read_numbered_manifest(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line_number, entry)`` for every non-blank line of manifest ``path`` (1-based numbers, as
+    :func:`iter_manifest_lines`); raise :class:`InputError` naming the first bad line."""
     entries = []
     for number, line in iter_manifest_lines(path):
         try:
@@ -44,7 +50,7 @@ def read_manifest(path: str) -> list[dict[str, Any]]:
                 where=f"{path}:{number}",
                 fix='write one object per line: {"audio_filepath": ..., "duration": ..., "text": ...}',
             )
-        entries.append(entry)
+        entries.append((number, entry))
     return entries
 
 

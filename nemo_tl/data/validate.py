@@ -7,6 +7,7 @@ returns a config pointing at filtered copies. Run as a script to check manifests
 
     python -m nemo_tl.data.validate train.json dev.json --labels model.nemo
     python -m nemo_tl.data.validate train.json --tokenizer-dir tokenizers/de_bpe128
+    python -m nemo_tl.data.validate train.json --labels conf/quartznet_5x3.yaml --train  # + SpecCutout
 """
 
 from __future__ import annotations
@@ -485,6 +486,7 @@ class _ManifestChecker:
             lines = [n for n in lines if needs[n][0] < frames.shortest()]
         available = dict(zip(lines, frames.frames([needs[n][0] for n in lines])))
         unit = "labels" if self.tokenizer is None else "tokens"
+        coarser = "a subword tokenizer" if self.tokenizer is None else "a larger subword vocabulary"
         bad = set()
         for number, have in available.items():
             samples, needed, labels = needs[number]
@@ -499,7 +501,9 @@ class _ManifestChecker:
                     f"the transcript needs {needed} encoder frames ({labels} {unit} + {needed - labels} between "
                     f"repeated {unit}) but its {seconds:.3f} s of audio give {have}: CTC cannot align it "
                     "(NeMo's loss would be 0 and teach nothing)",
-                    "check that the transcript belongs to this audio; else shorten it or remove the line",
+                    "check that the transcript belongs to this audio; else shorten it or remove the line. When most "
+                    f"lines fail, the encoder subsamples too much for these {unit}: e.g. encoder.subsampling_factor: 4 "
+                    f"instead of 8, or {coarser} (fewer {unit} per second)",
                     "transcript longer than the audio allows",
                 )
             else:
@@ -1234,6 +1238,7 @@ def load_labels(spec: str) -> tuple[Labels | None, dict[str, Any]]:
         "parser": pick("train_ds.parser"),
         "frames": _config_frames(model, spec),
         "tokenizer": tokenizer,
+        "model": model,  # the model config: --train checks its spec_augment against the manifests
     }
     labels = expand_labels(pick("labels", "decoder.vocabulary", "train_ds.labels"), where=f"{spec}: labels")
     if labels is None and pick("tokenizer") is None:
@@ -1243,6 +1248,22 @@ def load_labels(spec: str) -> tuple[Labels | None, dict[str, Any]]:
             fix='give the characters themselves, e.g. --labels " abc\'"',
         )
     return labels, settings
+
+
+def _check_train_spec_cutout(manifests: Sequence[str], model: DictConfig | None) -> int:
+    """``--train``: print the SpecCutout problem of ``manifests`` as the training set of ``model`` (1), else 0."""
+    from nemo_tl.data.spec_cutout import check_spec_cutout
+
+    if model is None:
+        raise input_error("--train needs the model", where="--train", fix="give --labels MODEL.nemo or a YAML config")
+    train = to_plain(model.get("train_ds")) or {}
+    train["manifest_filepath"] = list(manifests)
+    try:
+        check_spec_cutout(OmegaConf.create(train), model, "train_ds")
+    except InputError as e:
+        print(e)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1285,6 +1306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_ds.parser, else en for labels within a-z, space and apostrophe and base for any other)",
     )
     ap.add_argument("--no-audio", action="store_true", help="do not open the audio files (e.g. tarred datasets)")
+    ap.add_argument(
+        "--train",
+        action="store_true",
+        help="the manifests are one training set of the model given to --labels (a .nemo or YAML config): also "
+        "check that NeMo's SpecCutout (spec_augment.rect_masks > 0) cannot meet a batch shorter than its rect_time, "
+        "with the model's train_ds batch_size, drop_last, duration filters and mixing",
+    )
     args = ap.parse_args(argv)
 
     try:
@@ -1315,6 +1343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors += sum(p.is_error for p in result.problems)
             warnings += sum(not p.is_error for p in result.problems)
             lines += result.lines
+        if args.train:
+            errors += _check_train_spec_cutout(args.manifests, settings.get("model"))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,7 +7,9 @@ and hand over to them with ``super()``:
 - ``_setup_dataloader_from_config`` (used by NeMo's ``setup_training_data`` /
   ``setup_validation_data`` / ``setup_test_data``): checks the manifests with
   :func:`nemo_tl.data.validate.check_dataset_config` (with the model's encoder frames, so
-  transcripts its audio cannot align are found), then builds the mixed loader of
+  transcripts its audio cannot align are found) and, for ``train_ds``,
+  :func:`nemo_tl.data.spec_cutout.check_spec_cutout` (batches too short for NeMo's SpecCutout),
+  then builds the mixed loader of
   :mod:`nemo_tl.data.mixing` when the config has ``mixing``, else NeMo's own loader.
 - ``setup_multiple_validation_data`` / ``setup_multiple_test_data``: NeMo gives one loader per
   manifest of a ``manifest_filepath`` list and logs each under a name (``validation_ds.name`` when
@@ -38,6 +40,7 @@ from nemo_tl.compat import attached_trainer, batches_trained_this_epoch
 from nemo_tl.data.batches import utterance_ids
 from nemo_tl.data.frames import model_encoder_frames
 from nemo_tl.data.mixing import MixedBatchSampler, MixedDataset, build_mixed_dataloader
+from nemo_tl.data.spec_cutout import check_spec_cutout
 from nemo_tl.data.validate import check_dataset_config
 from nemo_tl.errors import input_error
 
@@ -139,7 +142,7 @@ class ManifestDataMixin:
         languages = self.cfg.get("languages")
         if languages is not None:
             languages = list(languages.keys()) if isinstance(languages, (Mapping, DictConfig)) else list(languages)
-        return check_dataset_config(
+        config = check_dataset_config(
             config,
             labels=list(labels) if labels is not None else None,
             languages=languages,
@@ -148,6 +151,8 @@ class ManifestDataMixin:
             frames=model_encoder_frames(self),  # transcripts the encoder's frames cannot align
             tokenizer=getattr(self, "tokenizer", None),  # a subword model: transcripts it would encode with <unk>
         )
+        check_spec_cutout(config, self.cfg, self._dataset_section)  # batches too short for NeMo's SpecCutout
+        return config
 
     def _manifest_dataset(self, config: DictConfig, augmentor: Any = None) -> Dataset:
         """One NeMo dataset for one manifest: BPE when the model has a tokenizer, else characters.

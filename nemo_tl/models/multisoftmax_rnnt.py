@@ -28,18 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Trainer
-from nemo.collections.asr.losses.rnnt import RNNTLoss
 from nemo.collections.asr.models import ASRModel
 from nemo.collections.asr.models.rnnt_models import EncDecRNNTModel
 from nemo.collections.asr.parts.mixins import TranscribeConfig
 from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTDecoding
 from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
-from nemo.utils import logging, model_utils
-from omegaconf import DictConfig, OmegaConf, open_dict
+from nemo.utils import model_utils
+from omegaconf import DictConfig
 
 from nemo_tl.compat import preprocessor_sample_rate
 from nemo_tl.data.batches import LanguageBatch
-from nemo_tl.decoding.lid_free import average_posteriors
 from nemo_tl.decoding.stacked import StackedLanguageDecoding
 from nemo_tl.errors import input_error
 from nemo_tl.losses.lid import frame_lid_loss
@@ -55,14 +53,10 @@ from nemo_tl.multilingual.dataset import (
     language_dataset,
     language_groups,
 )
-from nemo_tl.multilingual.decoding import (
-    full_decoding_config,
-    language_decodings,
-    language_wer_counts,
-    language_wers,
-)
+from nemo_tl.multilingual.decoding import change_language_decodings, model_decodings, validation_metrics
 from nemo_tl.multilingual.extraction import extract_language
-from nemo_tl.multilingual.lid_free import build_stacked_decoding
+from nemo_tl.multilingual.lid_free import stacked_decoding
+from nemo_tl.multilingual.loss import language_rnnt_loss, language_rnnt_losses
 from nemo_tl.multilingual.one_language_batches import FreezeBatchNormAfter, prepare_one_language_batches
 from nemo_tl.multilingual.pretrained import (
     config_from_base,
@@ -73,9 +67,9 @@ from nemo_tl.multilingual.pretrained import (
 )
 from nemo_tl.multilingual.transcribe import (
     MultilingualTranscribeConfig,
-    batch_language_ids,
     file_languages,
     transcribe_config,
+    transcribe_forward,
     transcribe_hypotheses,
     transcribe_loader_config,
 )
@@ -125,17 +119,8 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
             )
         if self.is_multisoftmax:
             loss_name, loss_kwargs = self.extract_rnnt_loss_cfg(self.cfg.get("loss", None))
-            self.loss = torch.nn.ModuleDict(
-                {
-                    lang: RNNTLoss(
-                        num_classes=len(labels),
-                        loss_name=loss_name,
-                        loss_kwargs=loss_kwargs,
-                        reduction=self.cfg.get("rnnt_reduction", "mean_batch"),
-                    )
-                    for lang, labels in self.vocabularies.items()
-                }
-            )
+            reduction = self.cfg.get("rnnt_reduction", "mean_batch")
+            self.loss = language_rnnt_losses(self.vocabularies, loss_name, loss_kwargs, reduction)
             self.change_decoding_strategy(self.cfg.decoding, verbose=False)
         else:  # vanilla / onehot: the one decoding EncDecRNNTModel built
             self._limit_graphs_mode(self.decoding)
@@ -195,15 +180,6 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
             callbacks.append(FreezeBatchNormAfter(self.multilingual.freeze_batch_norm_after))
         return callbacks
 
-    def _wire_fused_joints(self) -> None:
-        """With ``joint.fuse_loss_wer``, give each language's NeMo joint its language's loss and WER.
-
-        What EncDecRNNTModel.__init__ does for its one joint (vanilla/onehot: done there).
-        """
-        if self.is_multisoftmax and self.joint.fuse_loss_wer:
-            self.joint.set_loss(self.loss)
-            self.joint.set_wer(self.lang_wer)
-
     def setup(self, stage: str | None = None) -> None:
         """Under DDP, let the parameters of languages absent from a batch go unused; warn about BatchNorm."""
         prepare_one_language_batches(self, stage)
@@ -242,40 +218,21 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
     # ---- decoding set-up ------------------------------------------------------------------
 
     def change_decoding_strategy(self, decoding_cfg: DictConfig | None = None, verbose: bool = True) -> None:
-        """NeMo's decoding strategy change; multi-softmax builds one RNNTDecoding per language."""
-        if not self.is_multisoftmax:
-            super().change_decoding_strategy(decoding_cfg, verbose=verbose)
-            self._limit_graphs_mode(self.decoding)
+        """NeMo's decoding strategy change.
+
+        Multi-softmax: one per language (:func:`nemo_tl.multilingual.decoding.change_language_decodings`).
+        """
+        if self.is_multisoftmax:
+            change_language_decodings(self, decoding_cfg, verbose=verbose)
             return
-        if decoding_cfg is None:
-            decoding_cfg = self.cfg.decoding
-        decoding_cfg = self.set_decoding_type_according_to_loss(full_decoding_config(decoding_cfg))
-        self.lang_decoding = language_decodings(
-            self.decoder, self.joint, self.vocabularies, decoding_cfg, self.multilingual.cuda_graphs_mode
-        )
-        self.lang_wer = language_wers(self.lang_decoding, self.cfg)
-        first = self.languages[0]
-        self.decoding = self.lang_decoding[first]  # what NeMo helpers that read model.decoding / wer see
-        self.wer = self.lang_wer[first]
-        self._wire_fused_joints()  # the fused joints compute WER with these new metrics
-        for lang in self.languages:
-            self.joint[lang].temperature = decoding_cfg.get("temperature", 1.0)
-        with open_dict(self.cfg):
-            self.cfg.decoding = decoding_cfg
-        if verbose:
-            logging.info(f"Changed decoding strategy of every language to\n{OmegaConf.to_yaml(decoding_cfg)}")
+        super().change_decoding_strategy(decoding_cfg, verbose=verbose)
+        self._limit_graphs_mode(self.decoding)
 
     # ---- CUDA graphs (policy: nemo_tl.multilingual.cuda_graphs) ---------------------------
 
     def _decodings(self) -> list[RNNTDecoding]:
         """Every NeMo decoding the model holds: one per language (or the union one) and the batched LID-free one."""
-        if not self.is_multisoftmax:
-            return [self.decoding] if getattr(self, "decoding", None) is not None else []
-        decodings = list(getattr(self, "lang_decoding", {}).values())
-        cached = self.__dict__.get("_stacked")
-        if cached is not None and cached[1] is not None:
-            decodings.append(cached[1].decoding)
-        return decodings
+        return model_decodings(self)
 
     def _limit_graphs_mode(self, decoding: RNNTDecoding) -> None:
         cuda_graphs.limit_graphs_mode(decoding, self.multilingual.cuda_graphs_mode)
@@ -298,16 +255,9 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
 
     # ---- data ----------------------------------------------------------------------------
 
-    def _dataset_vocabularies(self) -> dict[str, list[str]]:
-        """Token ids per language: the language's own labels, or the union for vanilla/onehot."""
-        if self.is_multisoftmax:
-            return self.vocabularies
-        union = list(self.cfg.labels)
-        return {lang: union for lang in self.languages}
-
     def _manifest_dataset(self, config: DictConfig, augmentor: Any = None) -> LanguageAudioToCharDataset:
         """The dataset of one manifest (used by the mixed loader of ManifestDataMixin, too)."""
-        return language_dataset(config, self._dataset_vocabularies(), self.cfg.sample_rate, augmentor)
+        return language_dataset(config, self.multilingual.token_vocabularies, self.cfg.sample_rate, augmentor)
 
     def _setup_dataloader_from_config(self, config: DictConfig | dict | None):
         """Per-language datasets, every line checked first (:func:`~nemo_tl.multilingual.dataset.language_dataloader`)."""
@@ -366,27 +316,8 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         joint and loss ``joint.fused_batch_size`` utterances at a time (no (B, T, U + 1, V + 1) tensor
         for the whole batch).
         """
-        total = encoded.new_zeros(())
-        batch = encoded.shape[0]
         groups = self._language_groups(lang_ids, encoded, encoded_len, transcript, transcript_len)
-        for lang, enc, enc_len, tr, tr_len in groups:
-            by_lang = {} if lang is None else {"lang": lang}
-            decoder, target_length, _ = self.decoder(targets=tr, target_length=tr_len, **by_lang)
-            if self.joint.fuse_loss_wer:
-                loss, _, _, _ = self.joint(
-                    encoder_outputs=enc,
-                    decoder_outputs=decoder,
-                    encoder_lengths=enc_len,
-                    transcripts=tr,
-                    transcript_lengths=target_length,
-                    **by_lang,
-                )
-            else:
-                joint = self.joint(encoder_outputs=enc, decoder_outputs=decoder, **by_lang)
-                loss_fn = self.loss if lang is None else self.loss[lang]
-                loss = loss_fn(log_probs=joint, targets=tr, input_lengths=enc_len, target_lengths=target_length)
-            total = total + loss * (enc.shape[0] / batch)
-        return total
+        return language_rnnt_loss(self.decoder, self.joint, self.loss, groups, encoded.shape[0])
 
     def _losses(self, batch: LanguageBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         batch = LanguageBatch._make(batch)  # a plain (audio, audio_lens, tokens, token_lens, lang_ids) too
@@ -418,20 +349,8 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
 
     def validation_pass(self, batch, batch_idx, dataloader_idx=0):
         loss, parts, encoded, encoded_len = self._losses(batch)
-        batch = LanguageBatch._make(batch)
-        transcript, transcript_len, lang_ids = batch.tokens, batch.token_lens, batch.lang_ids
-        groups = self._language_groups(lang_ids, encoded, encoded_len, transcript, transcript_len)
-        num, denom = language_wer_counts(self, groups, encoded.device)
-        logs = {
-            "val_loss": loss,
-            "val_wer_num": num,
-            "val_wer_denom": denom,
-            "val_wer": num.float() / denom.clamp(min=1),
-        }
-        logs.update({f"val_{k}": v for k, v in parts.items()})
-        if self.lid_head is not None:
-            post = average_posteriors(self.lid_log_posteriors(encoded), encoded_len)
-            logs["val_lid_acc"] = (post.argmax(dim=-1) == lang_ids).float().mean()
+        logs = {"val_loss": loss, **{f"val_{k}": v for k, v in parts.items()}}
+        logs.update(validation_metrics(self, LanguageBatch._make(batch), encoded, encoded_len))  # WER, LID accuracy
         return logs
 
     # ---- transcription ---------------------------------------------------------------------
@@ -476,40 +395,15 @@ class MultiSoftmaxRNNTModel(SkipNonFiniteStepMixin, AtomicSaveMixin, ManifestDat
         )
         return super().transcribe(audio=audio, override_config=trcfg)
 
-    def _transcribe_forward(self, batch: Any, trcfg: TranscribeConfig):
-        signal, signal_len = batch[0], batch[1]
-        lang_ids = batch_language_ids(trcfg, signal.shape[0], self.languages, signal.device)
-        encoded, encoded_len = self.encode(signal, signal_len, lang_ids)
-        return {"encoded": encoded, "encoded_len": encoded_len, "lang_ids": lang_ids}
-
-    def _decode(self, lang: str | None, encoded: torch.Tensor, encoded_len: torch.Tensor) -> list[Hypothesis]:
-        decoding = self.lang_decoding[lang] if self.is_multisoftmax else self.decoding
-        return decoding.rnnt_decoder_predictions_tensor(encoded, encoded_len, return_hypotheses=True)
-
-    def _decoding_input(self, encoded: torch.Tensor) -> torch.Tensor:
-        """The encoder output in the joints' parameter dtype, as the decoders take it.
-
-        Under bf16/fp16 autocast a convolutional (BatchNorm) encoder returns half-precision output,
-        while NeMo's CUDA-graph decoder turns autocast off and projects the encoder output with the
-        joint's fp32 weights (a dtype error). Without graphs nothing changes: autocast casts the
-        fp32 copy back to the same half-precision values for the matmuls.
-        """
-        dtype = next(self.joint.parameters()).dtype
-        return encoded.to(dtype) if encoded.is_floating_point() and encoded.dtype != dtype else encoded
+    def _transcribe_forward(self, batch: Any, trcfg: TranscribeConfig) -> dict[str, torch.Tensor | None]:
+        return transcribe_forward(self, batch, trcfg)
 
     def _transcribe_output_processing(self, outputs: dict, trcfg: TranscribeConfig) -> list[Hypothesis]:
         return transcribe_hypotheses(self, outputs["encoded"], outputs["encoded_len"], outputs["lang_ids"], trcfg)
 
     def _stacked_decoding(self) -> StackedLanguageDecoding | None:
         """The batched all-languages greedy decoder (built once per decoding config), or None where unsupported."""
-        cached = self.__dict__.get("_stacked")
-        if cached is not None and cached[0] is self.cfg.decoding:
-            return cached[1]
-        stacked = build_stacked_decoding(
-            self.decoder, self.joint, self.vocabularies, self.cfg.decoding, self.multilingual.cuda_graphs_mode
-        )
-        self.__dict__["_stacked"] = (self.cfg.decoding, stacked)
-        return stacked
+        return stacked_decoding(self)
 
     # ---- extraction ------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 - :mod:`~nemo_tl.multilingual.config`: the config keys, validated into a frozen :class:`MultilingualConfig`;
 - :mod:`~nemo_tl.multilingual.dataset`: the language-tagged dataset (batches: ``LanguageBatch``);
-- :mod:`~nemo_tl.multilingual.decoding`: one NeMo decoding and WER metric per language;
+- :mod:`~nemo_tl.multilingual.loss`: one NeMo RNN-T loss per language, a batch's loss split by language;
+- :mod:`~nemo_tl.multilingual.decoding`: one NeMo decoding and WER metric per language, validation metrics;
 - :mod:`~nemo_tl.multilingual.lid_free`: LID-free decoding (stacked decoding + the early-stopping rule);
 - :mod:`~nemo_tl.multilingual.one_language_batches`: DDP and BatchNorm policy for one language per batch;
 - :mod:`~nemo_tl.multilingual.cuda_graphs`: which NeMo CUDA-graph modes the decoders use;

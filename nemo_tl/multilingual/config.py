@@ -139,6 +139,14 @@ class MultilingualConfig:
         """The union of the languages' labels, in first-seen order (the vanilla/onehot softmax)."""
         return list(dict.fromkeys(c for labels in self.vocabularies.values() for c in labels))
 
+    @property
+    def token_vocabularies(self) -> dict[str, list[str]]:
+        """The labels a language's transcripts are tokenized with: its own (multisoftmax), or the union (vanilla/onehot)."""
+        if self.architecture == "multisoftmax":
+            return {lang: list(labels) for lang, labels in self.vocabularies.items()}
+        union = self.union_labels
+        return {lang: union for lang in self.vocabularies}
+
     def apply(self, cfg: DictConfig) -> DictConfig:
         """A copy of ``cfg`` with these keys normalized and what NeMo's RNN-T model builds from derived.
 

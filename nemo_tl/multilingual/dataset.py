@@ -5,6 +5,7 @@ Batches are :class:`~nemo_tl.data.batches.LanguageBatch` (named fields, the lang
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from nemo_tl.compat import AudioTextDataset, speech_collate_fn
 from nemo_tl.data.batches import LanguageBatch
 from nemo_tl.data.frames import model_encoder_frames
 from nemo_tl.data.manifest import flatten_manifest_filepath
+from nemo_tl.data.spec_cutout import check_spec_cutout
 from nemo_tl.data.validate import check_dataset_config
 
 __all__ = [
@@ -137,14 +139,20 @@ def concatenated_loader(
 def language_dataloader(model: Any, config: DictConfig | dict | None) -> torch.utils.data.DataLoader | None:
     """The loader of one dataset section of a ``MultiSoftmaxRNNTModel`` (None without ``manifest_filepath``).
 
-    Every line is checked first against its own language's labels (InputError naming file:line); then
-    one dataset per manifest (:func:`per_manifest_loader`) or, with ``mixing``, ManifestDataMixin's
-    mixed loader over them.
+    Every line is checked first against its own language's labels and the encoder's frames (InputError
+    naming file:line): RNN-T needs one frame, and with an auxiliary CTC head (``model.aux_ctc``) a
+    transcript must fit CTC (one frame per label, one more between repeated labels; else NeMo's CTC loss
+    is 0 for it, silently). Then one dataset per manifest (:func:`per_manifest_loader`) or, with
+    ``mixing``, ManifestDataMixin's mixed loader over them.
     """
     if config is None or not config.get("manifest_filepath"):
         return None
     if not isinstance(config, DictConfig):
         config = OmegaConf.create(dict(config))
+    frames = model_encoder_frames(model)
+    if frames is not None and model.multilingual.aux_ctc_weight > 0:
+        # The CTC head sees union ids, the check counts per-language ids: a 1:1 map, so repeats count the same.
+        frames = dataclasses.replace(frames, ctc=True)
     config = check_dataset_config(
         config,
         labels=model.vocabularies,
@@ -152,8 +160,9 @@ def language_dataloader(model: Any, config: DictConfig | dict | None) -> torch.u
         sample_rate=config.get("sample_rate") or model.cfg.sample_rate,
         section=model._dataset_section,
         parser="base",  # the per-language parsers of LanguageAudioToCharDataset
-        frames=model_encoder_frames(model),  # RNN-T: every utterance must give one encoder frame
+        frames=frames,
     )
+    check_spec_cutout(config, model.cfg, model._dataset_section)  # train_ds batches too short for SpecCutout
     if config.get("mixing") is not None:
         return model._setup_mixed_dataloader(config)
     return per_manifest_loader(config, model._manifest_dataset, model.global_rank, model.world_size)

@@ -2,7 +2,8 @@
 
 Each language's decoding runs over that language's prediction network, joint and labels, so NeMo's
 greedy / beam decoders and its WER work unchanged; the CUDA-graph mode of each is limited by
-:mod:`nemo_tl.multilingual.cuda_graphs`.
+:mod:`nemo_tl.multilingual.cuda_graphs`. :func:`change_language_decodings` is the multi-softmax
+model's ``change_decoding_strategy``; :func:`model_decodings` lists every decoding a model holds.
 """
 
 from __future__ import annotations
@@ -13,12 +14,27 @@ from typing import Any
 import torch
 from nemo.collections.asr.metrics.wer import WER
 from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTDecoding, RNNTDecodingConfig
-from omegaconf import DictConfig, OmegaConf
+from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+from nemo.utils import logging
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_tl.compat import metric_sync_disabled
+from nemo_tl.data.batches import LanguageBatch
+from nemo_tl.decoding.lid_free import average_posteriors
 from nemo_tl.multilingual.cuda_graphs import limit_graphs_mode
+from nemo_tl.multilingual.lid_free import built_stacked_decoding
 
-__all__ = ["full_decoding_config", "language_decodings", "language_wer_counts", "language_wers"]
+__all__ = [
+    "change_language_decodings",
+    "decode_language",
+    "decoding_input",
+    "full_decoding_config",
+    "language_decodings",
+    "language_wer_counts",
+    "language_wers",
+    "model_decodings",
+    "validation_metrics",
+]
 
 
 def full_decoding_config(decoding_cfg: DictConfig) -> DictConfig:
@@ -56,6 +72,64 @@ def language_wers(decodings: Mapping[str, RNNTDecoding], cfg: DictConfig) -> tor
     )
 
 
+def change_language_decodings(model: Any, decoding_cfg: DictConfig | None = None, verbose: bool = True) -> None:
+    """NeMo's ``change_decoding_strategy`` for a multi-softmax ``model``: one decoding and WER metric per language.
+
+    ``decoding_cfg`` (None: ``model.cfg.decoding``) goes over NeMo's defaults and becomes
+    ``model.cfg.decoding``. ``model.decoding`` / ``model.wer`` are the first language's (what NeMo helpers
+    that read them see); with ``joint.fuse_loss_wer`` each language's joint gets its language's loss and
+    WER, as ``EncDecRNNTModel.__init__`` does for its one joint.
+    """
+    if decoding_cfg is None:
+        decoding_cfg = model.cfg.decoding
+    decoding_cfg = model.set_decoding_type_according_to_loss(full_decoding_config(decoding_cfg))
+    model.lang_decoding = language_decodings(
+        model.decoder, model.joint, model.vocabularies, decoding_cfg, model.multilingual.cuda_graphs_mode
+    )
+    model.lang_wer = language_wers(model.lang_decoding, model.cfg)
+    first = model.languages[0]
+    model.decoding = model.lang_decoding[first]
+    model.wer = model.lang_wer[first]
+    if model.joint.fuse_loss_wer:  # the fused joints compute WER with these new metrics
+        model.joint.set_loss(model.loss)
+        model.joint.set_wer(model.lang_wer)
+    for lang in model.languages:
+        model.joint[lang].temperature = decoding_cfg.get("temperature", 1.0)
+    with open_dict(model.cfg):
+        model.cfg.decoding = decoding_cfg
+    if verbose:
+        logging.info(f"Changed decoding strategy of every language to\n{OmegaConf.to_yaml(decoding_cfg)}")
+
+
+def model_decodings(model: Any) -> list[RNNTDecoding]:
+    """Every NeMo decoding ``model`` holds: one per language (or the union one) and the batched LID-free one."""
+    if not model.is_multisoftmax:
+        return [model.decoding] if getattr(model, "decoding", None) is not None else []
+    decodings = list(getattr(model, "lang_decoding", {}).values())
+    stacked = built_stacked_decoding(model)
+    if stacked is not None:
+        decodings.append(stacked.decoding)
+    return decodings
+
+
+def decoding_input(joint: torch.nn.Module, encoded: torch.Tensor) -> torch.Tensor:
+    """The encoder output (B, D, T) in the ``joint``'s parameter dtype, as the decoders take it.
+
+    Under bf16/fp16 autocast a convolutional (BatchNorm) encoder returns half-precision output,
+    while NeMo's CUDA-graph decoder turns autocast off and projects the encoder output with the
+    joint's fp32 weights (a dtype error). Without graphs nothing changes: autocast casts the
+    fp32 copy back to the same half-precision values for the matmuls.
+    """
+    dtype = next(joint.parameters()).dtype
+    return encoded.to(dtype) if encoded.is_floating_point() and encoded.dtype != dtype else encoded
+
+
+def decode_language(model: Any, lang: str | None, encoded: torch.Tensor, encoded_len: torch.Tensor) -> list[Hypothesis]:
+    """B hypotheses of ``lang``'s decoder (``lang`` None: the union softmax): encoded (B, D, T), encoded_len (B,)."""
+    decoding = model.lang_decoding[lang] if model.is_multisoftmax else model.decoding
+    return decoding.rnnt_decoder_predictions_tensor(encoded, encoded_len, return_hypotheses=True)
+
+
 def language_wer_counts(model: Any, groups: Iterable[tuple], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Word errors and reference words (two long scalars) of ``model``'s greedy decoding, summed over all ranks.
 
@@ -71,7 +145,7 @@ def language_wer_counts(model: Any, groups: Iterable[tuple], device: torch.devic
             if model.joint.fuse_loss_wer:  # NeMo's fused step without the loss: decodes fused_batch_size at a time
                 by_lang = {} if lang is None else {"lang": lang}
                 _, _, n, d = model.joint(
-                    encoder_outputs=model._decoding_input(enc),
+                    encoder_outputs=decoding_input(model.joint, enc),
                     decoder_outputs=None,
                     encoder_lengths=enc_len,
                     transcripts=tr,
@@ -81,7 +155,7 @@ def language_wer_counts(model: Any, groups: Iterable[tuple], device: torch.devic
                 )
             else:
                 wer.update(
-                    predictions=model._decoding_input(enc), predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len
+                    predictions=decoding_input(model.joint, enc), predictions_lengths=enc_len, targets=tr, targets_lengths=tr_len
                 )
                 _, n, d = wer.compute()
                 wer.reset()
@@ -90,3 +164,20 @@ def language_wer_counts(model: Any, groups: Iterable[tuple], device: torch.devic
         torch.distributed.all_reduce(num)
         torch.distributed.all_reduce(denom)
     return num, denom
+
+
+def validation_metrics(
+    model: Any, batch: LanguageBatch, encoded: torch.Tensor, encoded_len: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """One validation batch's greedy WER counts (summed over all ranks) and, with a LID head, utterance LID accuracy.
+
+    ``encoded`` (B, D, T), ``encoded_len`` (B,): ``model``'s encoder output for ``batch``. Returns
+    ``val_wer_num``, ``val_wer_denom``, ``val_wer`` and ``val_lid_acc`` (argmax of the average LID posterior).
+    """
+    groups = model._language_groups(batch.lang_ids, encoded, encoded_len, batch.tokens, batch.token_lens)
+    num, denom = language_wer_counts(model, groups, encoded.device)
+    metrics = {"val_wer_num": num, "val_wer_denom": denom, "val_wer": num.float() / denom.clamp(min=1)}
+    if model.lid_head is not None:
+        post = average_posteriors(model.lid_log_posteriors(encoded), encoded_len)
+        metrics["val_lid_acc"] = (post.argmax(dim=-1) == batch.lang_ids).float().mean()
+    return metrics

@@ -3,13 +3,15 @@
 :func:`lid_free_decode` composes the pure early-stopping rule (:mod:`nemo_tl.decoding.lid_free`:
 which decoders stay on, t_l^off, T_avg, the chosen language) with the decoders: the batched
 all-languages greedy decoding (:class:`~nemo_tl.decoding.stacked.StackedLanguageDecoding`) where it
-applies, else one language's decoder after another. :func:`script_language` names the language of a
+applies, else one language's decoder after another. :func:`stacked_decoding` keeps a model's batched
+decoder, built once per decoding config. :func:`script_language` names the language of a
 union-softmax (vanilla) hypothesis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
@@ -19,7 +21,7 @@ from nemo_tl.decoding.lid_free import choose_language, early_stopping
 from nemo_tl.decoding.stacked import StackedLanguageDecoding
 from nemo_tl.multilingual.cuda_graphs import limit_graphs_mode
 
-__all__ = ["build_stacked_decoding", "lid_free_decode", "script_language"]
+__all__ = ["build_stacked_decoding", "built_stacked_decoding", "lid_free_decode", "script_language", "stacked_decoding"]
 
 # decode(lang, encoded (B, D, T), encoded_len (B,)) -> B hypotheses of lang's own decoder
 DecodeFn = Callable[[str, torch.Tensor, torch.Tensor], list[Hypothesis]]
@@ -40,6 +42,27 @@ def build_stacked_decoding(
     )
     limit_graphs_mode(stacked.decoding, graphs_mode)
     return stacked
+
+
+_STACKED = "_stacked"  # model.__dict__[_STACKED]: (the decoding config it was built for, its stacked decoding or None)
+
+
+def stacked_decoding(model: Any) -> StackedLanguageDecoding | None:
+    """The batched all-languages greedy decoder of a multi-softmax ``model`` (built once per decoding config), or None."""
+    cached = model.__dict__.get(_STACKED)
+    if cached is not None and cached[0] is model.cfg.decoding:
+        return cached[1]
+    stacked = build_stacked_decoding(
+        model.decoder, model.joint, model.vocabularies, model.cfg.decoding, model.multilingual.cuda_graphs_mode
+    )
+    model.__dict__[_STACKED] = (model.cfg.decoding, stacked)
+    return stacked
+
+
+def built_stacked_decoding(model: Any) -> StackedLanguageDecoding | None:
+    """The batched decoder :func:`stacked_decoding` last built for ``model`` (None if none yet), without building one."""
+    cached = model.__dict__.get(_STACKED)
+    return cached[1] if cached is not None else None
 
 
 def lid_free_decode(

@@ -1,5 +1,6 @@
 """What ``MultiSoftmaxRNNTModel.transcribe`` adds to NeMo's: the language of each file, τ and s_th, and the decoding.
 
+:func:`transcribe_forward` encodes one batch (with the language one-hot where the model takes it);
 :func:`transcribe_hypotheses` decodes one batch of encoder output: with the language known, by that
 language's decoder; vanilla, by the union softmax (language from the script); multi-softmax without
 a language, LID-free (:func:`nemo_tl.multilingual.lid_free.lid_free_decode`).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,13 +25,15 @@ from nemo_tl.data.manifest import read_manifest
 from nemo_tl.decoding.lid_free import average_posteriors
 from nemo_tl.errors import input_error
 from nemo_tl.multilingual.dataset import language_rows
-from nemo_tl.multilingual.lid_free import lid_free_decode, script_language
+from nemo_tl.multilingual.decoding import decode_language, decoding_input
+from nemo_tl.multilingual.lid_free import lid_free_decode, script_language, stacked_decoding
 
 __all__ = [
     "MultilingualTranscribeConfig",
     "batch_language_ids",
     "file_languages",
     "transcribe_config",
+    "transcribe_forward",
     "transcribe_hypotheses",
     "transcribe_loader_config",
 ]
@@ -143,6 +147,17 @@ def batch_language_ids(
     return torch.tensor([languages.index(name) for name in names], device=device)
 
 
+def transcribe_forward(model: Any, batch: Any, trcfg: TranscribeConfig) -> dict[str, torch.Tensor | None]:
+    """``model``'s encoder on one transcription batch (audio (B, S), lengths (B,), ...).
+
+    Returns ``{"encoded": (B, D, T), "encoded_len": (B,), "lang_ids": (B,) or None (LID-free)}``.
+    """
+    signal, signal_len = batch[0], batch[1]
+    lang_ids = batch_language_ids(trcfg, signal.shape[0], model.languages, signal.device)
+    encoded, encoded_len = model.encode(signal, signal_len, lang_ids)
+    return {"encoded": encoded, "encoded_len": encoded_len, "lang_ids": lang_ids}
+
+
 def transcribe_hypotheses(
     model: Any, encoded: torch.Tensor, encoded_len: torch.Tensor, lang_ids: torch.Tensor | None, trcfg: TranscribeConfig
 ) -> list[Hypothesis]:
@@ -151,7 +166,8 @@ def transcribe_hypotheses(
     Returns B NeMo hypotheses with ``.lang``, ``.lang_posteriors`` and ``.t_avg``
     (see :meth:`MultiSoftmaxRNNTModel.transcribe`).
     """
-    encoded = model._decoding_input(encoded)
+    encoded = decoding_input(model.joint, encoded)
+    decode = partial(decode_language, model)
     batch = encoded.shape[0]
     log_post = model.lid_log_posteriors(encoded) if model.lid_head is not None else None
     avg = average_posteriors(log_post, encoded_len) if log_post is not None else None
@@ -162,17 +178,17 @@ def transcribe_hypotheses(
     if lang_ids is not None:  # known language
         for lang, rows in language_rows(lang_ids, model.languages):
             idx = list(range(batch)) if rows is None else rows.tolist()
-            sub = model._decode(lang, encoded[idx], encoded_len[idx])
+            sub = decode(lang, encoded[idx], encoded_len[idx])
             for i, h in zip(idx, sub):
                 hyps[i], chosen[i] = h, lang
     elif not model.is_multisoftmax:  # vanilla: one union softmax; language from the script
-        hyps = model._decode(None, encoded, encoded_len)
+        hyps = decode(None, encoded, encoded_len)
         for i, h in enumerate(hyps):
             chosen[i] = script_language(h.text, model.vocabularies, avg[i] if avg is not None else None)
     else:  # every language's decoder on the one encoder output; early stopping picks who runs to the end
         tau, s_th = getattr(trcfg, "min_frames", None), getattr(trcfg, "threshold", None)
         hyps, chosen, t_avg = lid_free_decode(
-            encoded, encoded_len, model.languages, model._decode, model._stacked_decoding(), log_post, avg,
+            encoded, encoded_len, model.languages, decode, stacked_decoding(model), log_post, avg,
             min_frames=model.multilingual.lid_free.min_frames if tau is None else tau,
             threshold=model.multilingual.lid_free.threshold if s_th is None else s_th,
         )

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from nemo_tl.data.manifest import iter_manifest_lines, read_manifest
+from nemo_tl.data.manifest import read_numbered_manifest
 from nemo_tl.errors import InputError, input_error
 
 __all__ = ["TOKENIZER_LAYOUT", "train_tokenizer", "transcripts"]
@@ -40,11 +40,10 @@ def transcripts(manifests: Sequence[str]) -> list[str]:
         if not os.path.isfile(path):
             raise input_error(f"manifest {path!r} does not exist", where="MANIFEST",
                               fix="give the target training manifests (NeMo JSON lines)")
-        entries = read_manifest(path)
+        entries = read_numbered_manifest(path)
         if not entries:
             raise input_error("the manifest has no lines", where=path, fix="give a manifest with transcripts")
-        numbers = [number for number, _ in iter_manifest_lines(path)]  # file lines (blank lines skipped)
-        for number, entry in zip(numbers, entries):
+        for number, entry in entries:
             text = entry.get("text")
             if not isinstance(text, str):
                 raise input_error(
