@@ -157,6 +157,18 @@ def train_from_base(base, cfg, steps: int, freeze_encoder_blocks: int):
     return model, timer.seconds
 
 
+def sweep_points(spec: str) -> list[tuple[float, float]]:
+    """``"inf:inf,30:0.5"`` → [(inf, inf), (30.0, 0.5)]: the (τ, s_th) points of ``--sweep``."""
+    points = []
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        tau, _, s_th = item.partition(":")
+        try:
+            points.append((float(tau), float(s_th)))
+        except ValueError:
+            raise SystemExit(f"--sweep: {item!r} is not τ:s_th (e.g. 30:0.5 or inf:inf)") from None
+    return points
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -182,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--architectures", default="multisoftmax,vanilla", help="of multisoftmax, vanilla, onehot")
     p.add_argument("--eval-batch", type=int, default=64, help="utterances per decoding batch in evaluation")
+    p.add_argument(
+        "--sweep", default="inf:inf,30:0.5,20:0.5,10:0.5,10:0.2,5:0.5",
+        help="the (τ, s_th) points of the LID-free sweep, τ:s_th comma-separated (τ in encoder frames: 40 ms at "
+        "the default 4x subsampling; inf: never stop)",
+    )
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
     p.add_argument("--save", action="store_true", help="also write the multi-softmax model to OUT/multisoftmax.nemo")
     p.add_argument("--seed", type=int, default=0)
@@ -292,12 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ms = models["multisoftmax"]
     table = write()
-    points = sweep(
-        ms,
-        test,
-        [(float("inf"), float("inf")), (100, 0.5), (30, 1.0), (30, 0.5), (10, 0.5), (10, 0.2)],
-        batch_size=args.eval_batch,
-    )
+    points = sweep(ms, test, sweep_points(args.sweep), batch_size=args.eval_batch)
     plot_sweep(points, str(out / "sweep.png"))
     sweep_md = ["| τ (frames) | s_th | WER % | CER % | T_avg | LID acc % |", "|---:|---:|---:|---:|---:|---:|"]
     sweep_md += [
