@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ewc", default="100.0,1000.0", help="EWC weights (Fisher over --ewc-batches source batches)")
     p.add_argument("--ewc-batches", type=int, default=50)
     p.add_argument("--adapter-dim", type=int, default=32, help="adapter width (0: no adapter run)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="no fine-tuning run starts after this many seconds (the table lists the runs left out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny corpus, model and steps (a CPU test)")
     if p.parse_known_args(argv)[0].smoke:
@@ -254,6 +256,9 @@ class Experiment:
             runs.append((i, f"EWC w={w:g}", "EWC", None, {"regularization": {"ewc": ewc}}, False))
         runs = [r[1:] for r in sorted(runs, key=lambda r: r[0])]  # stable: method order within a rank
         for name, method, replay, transfer, average in runs:
+            if a.time_limit is not None and time.time() - self.t0 > a.time_limit:
+                self.results["skipped"].append(f"{name}: not started, --time-limit {a.time_limit:g} s had passed")
+                continue
             if transfer and "regularization" in transfer and not _regularization_available():
                 self.results["skipped"].append(f"{name}: model.transfer.regularization is not in this nemo_tl")
                 continue

@@ -109,3 +109,15 @@ def test_sequence_mode_reports_cl_masr_metrics(tmp_path, single_thread):
     assert seq["single_task_cer"][0] == seq["methods"]["fine-tuning"]["errors"][1][1]  # the same run
     assert len(seq["single_task_cer"]) == 2
     assert "BWT" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_time_limit_leaves_out_runs_and_lists_them(frontier, tmp_path, single_thread):
+    """--time-limit: no fine-tuning starts once it has passed; the runs left out are named in the table."""
+    out, _ = frontier
+    base = next(out.rglob("base_en.nemo"))
+    limited = tmp_path / "limited"
+    assert _driver().main(["--smoke", "--out", str(limited), "--base", str(base), "--time-limit", "0"]) == 0
+    results = json.loads((limited / "results.json").read_text(encoding="utf-8"))
+    assert [p["name"] for p in results["points"]] == ["base (en)"]
+    assert any(s.startswith("keep_shared, de only: not started") for s in results["skipped"])
+    assert "Not run: keep_shared, de only: not started" in (limited / "results.md").read_text(encoding="utf-8")
