@@ -281,6 +281,17 @@ def test_rnnt_needs_only_one_encoder_frame(tmp_path):
     raises_input_error(lambda: MultiSoftmaxRNNTModel(cfg), r"m\.json:2: \[duration\] 0\.006 s of audio give no encoder frame")
 
 
+def test_an_rnnt_model_with_a_ctc_head_is_counted_as_ctc():
+    """NeMo's hybrid RNN-T/CTC config and the multilingual model's aux_ctc train CTC on the same transcripts."""
+    from tests.tiny_asr import model_config
+
+    hybrid = model_config("hybrid", labels=list("abc"))
+    assert config_encoder_frames(hybrid).ctc
+    hybrid.aux_ctc.ctc_loss_weight = 0.0  # the CTC head trains nothing: RNN-T alone
+    assert not config_encoder_frames(hybrid).ctc
+    assert not config_encoder_frames(model_config("rnnt", labels=list("abc"))).ctc
+
+
 def test_skip_invalid_drops_exactly_the_unalignable_lines(tmp_path, tiny_frames):
     short = _wav(tmp_path / "short.wav", tone_audio("abcd")[:3200])
     lines = [_line(short, "ab"), _line(short, "x" * 40), _line(short, "ba")]

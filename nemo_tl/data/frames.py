@@ -137,11 +137,21 @@ def encoder_frames(
 
 
 def _is_rnnt(cfg: Any) -> bool:
-    return cfg is not None and "joint" in cfg
+    """An RNN-T model without a CTC head to train: a ``joint`` and no ``aux_ctc.ctc_loss_weight`` > 0.
+
+    A model with an auxiliary CTC head on its encoder (NeMo's hybrid RNN-T/CTC models, the multilingual
+    RNN-T's ``model.aux_ctc``) trains CTC on the same transcripts, so its lines are counted as CTC counts them.
+    """
+    if cfg is None or "joint" not in cfg:
+        return False
+    weight = OmegaConf.select(cfg, "aux_ctc.ctc_loss_weight", default=None) if isinstance(cfg, DictConfig) else (
+        (cfg.get("aux_ctc") or {}).get("ctc_loss_weight"))
+    return not (weight is not None and float(weight) > 0)
 
 
 def model_encoder_frames(model: Any) -> EncoderFrames | None:
-    """:class:`EncoderFrames` of a NeMo ASR model (CTC unless its config has a ``joint``: RNN-T).
+    """:class:`EncoderFrames` of a NeMo ASR model (CTC unless its config has a ``joint`` and no
+    ``aux_ctc.ctc_loss_weight`` > 0: RNN-T).
 
     Uses the model's own preprocessor and encoder; while the model is being built (NeMo sets up
     its data before it makes them), modules built from its config.

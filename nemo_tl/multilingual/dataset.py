@@ -5,7 +5,6 @@ Batches are :class:`~nemo_tl.data.batches.LanguageBatch` (named fields, the lang
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -149,10 +148,6 @@ def language_dataloader(model: Any, config: DictConfig | dict | None) -> torch.u
         return None
     if not isinstance(config, DictConfig):
         config = OmegaConf.create(dict(config))
-    frames = model_encoder_frames(model)
-    if frames is not None and model.multilingual.aux_ctc_weight > 0:
-        # The CTC head sees union ids, the check counts per-language ids: a 1:1 map, so repeats count the same.
-        frames = dataclasses.replace(frames, ctc=True)
     config = check_dataset_config(
         config,
         labels=model.vocabularies,
@@ -160,7 +155,9 @@ def language_dataloader(model: Any, config: DictConfig | dict | None) -> torch.u
         sample_rate=config.get("sample_rate") or model.cfg.sample_rate,
         section=model._dataset_section,
         parser="base",  # the per-language parsers of LanguageAudioToCharDataset
-        frames=frames,
+        # with model.aux_ctc counted as CTC: its head sees union ids, the check per-language ids, a 1:1 map
+        # (repeats count the same)
+        frames=model_encoder_frames(model),
     )
     check_spec_cutout(config, model.cfg, model._dataset_section)  # train_ds batches too short for SpecCutout
     if config.get("mixing") is not None:
