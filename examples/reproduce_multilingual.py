@@ -87,16 +87,22 @@ def quartznet_encoder(features: int, hidden: int) -> dict:
     }
 
 
-def train(cfg, steps: int):
-    from nemo_tl.models import MultiSoftmaxRNNTModel
+def timed_fit(build, steps: int):
+    """``build(trainer)``'s model trained ``steps`` steps, in eval mode, and its training seconds."""
     from nemo_tl.utils.training import TrainingTimer, quick_trainer
 
     timer = TrainingTimer()
     trainer = quick_trainer(steps, callbacks=[timer])
-    model = MultiSoftmaxRNNTModel(cfg=cfg, trainer=trainer)
+    model = build(trainer)
     trainer.fit(model)
     model.eval()
     return model, timer.seconds
+
+
+def train(cfg, steps: int):
+    from nemo_tl.models import MultiSoftmaxRNNTModel
+
+    return timed_fit(lambda trainer: MultiSoftmaxRNNTModel(cfg=cfg, trainer=trainer), steps)
 
 
 def pretrain_ctc(cfg, manifests: list[str], steps: int):
@@ -112,7 +118,6 @@ def pretrain_ctc(cfg, manifests: list[str], steps: int):
     from nemo_tl.data.frames import config_encoder_frames
     from nemo_tl.data.validate import check_manifests
     from nemo_tl.multilingual.config import MultilingualConfig
-    from nemo_tl.utils.training import TrainingTimer, quick_trainer
 
     labels = MultilingualConfig.from_model_config(cfg).union_labels
     ds = {
@@ -129,12 +134,7 @@ def pretrain_ctc(cfg, manifests: list[str], steps: int):
     })
     check_manifests(manifests, labels=labels, sample_rate=cfg.sample_rate, frames=config_encoder_frames(ctc_cfg),
                     parser="base")
-    timer = TrainingTimer()
-    trainer = quick_trainer(steps, callbacks=[timer])
-    model = EncDecCTCModel(cfg=ctc_cfg, trainer=trainer)
-    trainer.fit(model)
-    model.eval()
-    return model, timer.seconds
+    return timed_fit(lambda trainer: EncDecCTCModel(cfg=ctc_cfg, trainer=trainer), steps)
 
 
 def train_from_base(base, cfg, steps: int, freeze_encoder_blocks: int):
@@ -142,19 +142,13 @@ def train_from_base(base, cfg, steps: int, freeze_encoder_blocks: int):
     from omegaconf import OmegaConf
 
     from nemo_tl.models import MultiSoftmaxRNNTModel
-    from nemo_tl.utils.training import TrainingTimer, quick_trainer
 
-    timer = TrainingTimer()
-    trainer = quick_trainer(steps, callbacks=[timer])
     rest = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
             if k not in ("languages", "architecture", "sample_rate", "preprocessor", "encoder")}
-    model = MultiSoftmaxRNNTModel.from_base(
+    return timed_fit(lambda trainer: MultiSoftmaxRNNTModel.from_base(
         base, languages=OmegaConf.to_container(cfg.languages), architecture=cfg.architecture,
         freeze_encoder_blocks=freeze_encoder_blocks, cfg=rest, trainer=trainer,
-    )
-    trainer.fit(model)
-    model.eval()
-    return model, timer.seconds
+    ), steps)
 
 
 def sweep_points(spec: str) -> list[tuple[float, float]]:
