@@ -111,6 +111,15 @@ class MixingConfig:
     seed: int = 0
     num_batches: int | None = None
 
+    def manifest_weights(self, counts: Sequence[int], hours: Sequence[float]) -> list[float]:
+        """Each manifest's weight before the temperature: its utterances (``count``), its hours (``hours``)
+        or the numbers given."""
+        if self.weights == "count":
+            return [float(c) for c in counts]
+        if self.weights == "hours":
+            return list(hours)
+        return list(self.weights)
+
 
 def parse_mixing_config(mixing: Mapping | None, num_manifests: int, where: str = "train_ds.mixing") -> MixingConfig:
     """Check a ``mixing`` section against ``num_manifests`` manifests; raise InputError naming the key."""
@@ -581,14 +590,10 @@ def build_mixed_dataloader(
             )
         datasets.append(dataset)
 
-    if mixing.weights == "count":
-        weights = [len(d) for d in datasets]
-    elif mixing.weights == "hours":
-        weights = [_dataset_hours(d, s) for d, s in zip(datasets, stats)]
-        if sum(weights) <= 0:
-            raise input_error("all manifests have zero total duration", where=f"{section}.mixing.weights")
-    else:
-        weights = list(mixing.weights)
+    hours = [_dataset_hours(d, s) for d, s in zip(datasets, stats)] if mixing.weights == "hours" else []
+    if mixing.weights == "hours" and sum(hours) <= 0:
+        raise input_error("all manifests have zero total duration", where=f"{section}.mixing.weights")
+    weights = mixing.manifest_weights([len(d) for d in datasets], hours)
     sampler = MixedBatchSampler(
         [len(d) for d in datasets],
         _checked_probabilities(weights, mixing.temperature, f"{section}.mixing"),

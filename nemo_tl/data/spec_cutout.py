@@ -30,11 +30,8 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from nemo_tl.config_checks import finite_float
+from nemo_tl.config_checks import finite_float, to_plain
 from nemo_tl.data.manifest import flatten_manifest_filepath, iter_manifest_lines
 from nemo_tl.errors import input_error
 
@@ -108,10 +105,6 @@ def _utterances(path: str, lo: float | None, hi: float | None) -> list[_Utteranc
     return out
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
-
 def _mixed_chance(
     groups: Sequence[list[_Utterance]], short: Sequence[int], mixing: Mapping, batch_size: int, where: str
 ) -> float:
@@ -120,13 +113,8 @@ def _mixed_chance(
 
     parsed = parse_mixing_config(mixing, len(groups), where=where)
     sizes = [len(g) for g in groups]
-    if parsed.weights == "count":
-        weights = sizes
-    elif parsed.weights == "hours":
-        weights = [sum(u.seconds for u in g) for g in groups]
-    else:
-        weights = list(parsed.weights)
-    p = mixing_probabilities(weights, parsed.temperature)
+    hours = [sum(u.seconds for u in g) / 3600.0 for g in groups]
+    p = mixing_probabilities(parsed.manifest_weights(sizes, hours), parsed.temperature)
     batches = parsed.num_batches or max(1, math.ceil(sum(sizes) / batch_size))
     shares = [k / n if n else 0.0 for k, n in zip(short, sizes)]
     if parsed.per_batch:
@@ -167,7 +155,7 @@ def check_spec_cutout(config: Mapping, model_cfg: Mapping, section: str = "train
         return
     batch_size = int(batch_size)
     lo, hi = finite_float(config.get("min_duration")), finite_float(config.get("max_duration"))
-    paths = list(dict.fromkeys(flatten_manifest_filepath(_plain(config.get("manifest_filepath")))))
+    paths = list(dict.fromkeys(flatten_manifest_filepath(to_plain(config.get("manifest_filepath")))))
     groups = [_utterances(path, lo, hi) for path in paths]
     utterances = [u for g in groups for u in g]
     if not utterances:
@@ -181,7 +169,7 @@ def check_spec_cutout(config: Mapping, model_cfg: Mapping, section: str = "train
     total = len(utterances)
     semi_sorted = bool(config.get("use_semi_sorted_batching"))
     if mixing is not None:
-        chance = _mixed_chance(groups, short_of, _plain(mixing), batch_size, f"{section}.mixing")
+        chance = _mixed_chance(groups, short_of, to_plain(mixing), batch_size, f"{section}.mixing")
         rule = "mixed batches are full: about batches × (Σ share_i × short_i / N_i)^B"
     elif semi_sorted:
         chance = 1.0 if short >= batch_size else 0.0
