@@ -9,9 +9,10 @@
 3. Fine-tunes it to the target, every run with the same steps, batch and schedule, on one vocabulary
    (the target alphabet plus the source letters it lacks): ``keep_shared`` on the target only, replay
    at each ``--replay`` share (``nemo_tl.data.mixing``), LwF, L2-SP and EWC at each weight
-   (``model.transfer.regularization``), encoder adapters (``model.transfer.adapters``); and, free of
-   training, weight averaging of the base with the target-only, the first replay and the first LwF
-   run at each ``--average`` λ (``nemo_tl.transfer.average_models``).
+   (``model.transfer.regularization``), encoder adapters (``model.transfer.adapters``), the
+   ``--combine`` settings (e.g. ``replay=0.2+lwf=1.0``: replay and LwF in one run); and, free of
+   training, weight averaging of the base with the target-only, the first replay, the first LwF and
+   every combined run at each ``--average`` λ (``nemo_tl.transfer.average_models``).
 4. Writes ``results.json``, ``results.md`` (source and target dev WER/CER per point, the
    Pareto-optimal points on CER, and issue 19's goal: target CER ≤ 1.05× the target-only run's at
    source CER ≤ 1.20× the base's) and ``frontier.png`` (source CER against target CER). Results are
@@ -36,12 +37,39 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = {"utterances": 24, "base_config": "quartznet_tiny", "base_steps": 3, "steps": 2, "batch": 4,
-         "replay": "0.5", "average": "1.0", "lwf": "", "l2sp": "1.0", "ewc": "", "ewc_batches": 2, "adapter_dim": 4}
+         "replay": "0.5", "average": "1.0", "lwf": "", "l2sp": "1.0", "ewc": "", "ewc_batches": 2, "adapter_dim": 4,
+         "combine": "replay=0.5+l2sp=1.0"}
 SEQUENCE_METHODS = ("fine-tuning", "replay")
 
 
 def floats(spec: str) -> list[float]:
     return [float(x) for x in spec.split(",") if x.strip()]
+
+
+COMBINABLE = ("replay", "lwf", "l2sp", "ewc")
+
+
+def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batches: int) -> tuple[dict | None, dict]:
+    """``"replay=0.2+lwf=1.0"`` → (replay share or None, ``model.transfer.regularization``) of one combined run."""
+    replay, regularization = None, {}
+    for part in (x.strip() for x in spec.split("+") if x.strip()):
+        key, _, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if key not in COMBINABLE or weight is None:
+            raise SystemExit(f"--combine {spec!r}: {part!r} is not METHOD=VALUE with METHOD one of "
+                             f"{', '.join(COMBINABLE)} (e.g. replay=0.2+lwf=1.0)")
+        if key == "replay":
+            replay = weight
+        elif key == "lwf":
+            regularization["lwf"] = {"weight": weight, "temperature": lwf_temperature}
+        elif key == "l2sp":
+            regularization["l2sp"] = {"weight": weight}
+        else:
+            regularization["ewc"] = {"weight": weight, "manifest": ewc_manifest, "batches": ewc_batches}
+    return replay, regularization
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ewc", default="100.0,1000.0", help="EWC weights (Fisher over --ewc-batches source batches)")
     p.add_argument("--ewc-batches", type=int, default=50)
     p.add_argument("--adapter-dim", type=int, default=32, help="adapter width (0: no adapter run)")
+    p.add_argument("--combine", default="replay=0.2+lwf=0.1",
+                   help="combined runs, comma-separated, each METHOD=VALUE joined by + (replay share, lwf, l2sp, "
+                   "ewc weights; e.g. replay=0.2+lwf=1.0,replay=0.2+l2sp=1.0); '' for none")
     p.add_argument("--time-limit", type=float, default=None,
                    help="no fine-tuning run starts after this many seconds (the table lists the runs left out)")
     p.add_argument("--seed", type=int, default=0)
@@ -243,6 +274,10 @@ class Experiment:
             (0, target_only, "fine-tuning", None, None, True)]
         for i, share in enumerate(floats(a.replay)):
             runs.append((i, f"replay {int(round(100 * share))}% {src}", "replay", {src: share}, None, i == 0))
+        for spec in (x.strip() for x in a.combine.split(",") if x.strip()):
+            share, regularization = combination(spec, a.lwf_temperature, self.corpus[src]["train"], a.ewc_batches)
+            runs.append((0, spec.replace("+", " + "), "combined", None if share is None else {src: share},
+                         {"regularization": regularization} if regularization else None, True))
         if a.adapter_dim:
             runs.append((0, f"adapters dim {a.adapter_dim}", "adapters", None, {"adapters": {"dim": a.adapter_dim}},
                          False))
@@ -391,7 +426,7 @@ def plot_frontier(points: list[dict], src: str, tgt: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 5))
     markers = {"base": "*", "fine-tuning": "s", "replay": "o", "averaging": ".", "LwF": "^", "L2-SP": "v",
-               "EWC": "D", "adapters": "P"}
+               "EWC": "D", "adapters": "P", "combined": "X"}
     for method, marker in markers.items():
         pts = [p for p in points if p["method"] == method]
         if pts:

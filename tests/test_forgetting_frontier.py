@@ -79,6 +79,9 @@ def test_frontier_table_marks_pareto_points_and_plots(frontier):
     assert names[0] == "base (en)" and "keep_shared, de only" in names
     assert any(n.startswith("replay") for n in names) and any(n.startswith("average") for n in names)
     assert any(n.startswith("adapters") for n in names)
+    combined = [p for p in points if p["method"] == "combined"]
+    assert [p["name"] for p in combined] == ["replay=0.5 + l2sp=1.0"]
+    assert "average λ=1.00 (replay=0.5 + l2sp=1.0)" in names  # combined runs are averaged too
     for p in points:
         for lang in ("en", "de"):
             assert math.isfinite(p[lang]["cer"]) and math.isfinite(p[lang]["wer"]), p
@@ -94,6 +97,17 @@ def test_averaging_endpoints_are_the_base_and_the_tuned_model(frontier):
     by_name = {p["name"]: p for p in results["points"]}
     tuned = by_name["keep_shared, de only"]
     assert by_name["average λ=1.00 (keep_shared, de only)"]["de"] == tuned["de"]
+
+
+def test_combine_reads_replay_and_regularizer_weights():
+    replay, reg = _driver().combination("replay=0.2+lwf=1.5+ewc=100", 2.0, "en.json", 30)
+    assert replay == 0.2
+    assert reg == {"lwf": {"weight": 1.5, "temperature": 2.0},
+                   "ewc": {"weight": 100.0, "manifest": "en.json", "batches": 30}}
+    assert _driver().combination("l2sp=3", 2.0, "en.json", 30) == (None, {"l2sp": {"weight": 3.0}})
+    for bad in ("replay=0.2+dropout=1", "lwf=high", "replay"):
+        with pytest.raises(SystemExit, match="METHOD=VALUE"):
+            _driver().combination(bad, 2.0, "en.json", 30)
 
 
 def test_sequence_mode_reports_cl_masr_metrics(tmp_path, single_thread):

@@ -44,3 +44,43 @@ def test_training_script_honours_init_from_nemo_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     trained = MultiSoftmaxRNNTModel.restore_from(out, map_location="cpu")
     assert same(trained.encoder, source.encoder)
+
+
+def _reproduce_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_multilingual",
+                                                  os.path.join(ROOT, "examples", "reproduce_multilingual.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_leaves_out_lines_ctc_cannot_align_says_so_and_keeps_the_file(tmp_path, capsys):
+    """reproduce_multilingual.py: a line spoken faster than the encoder's CTC frames is left out of training (a
+    filtered copy, the count printed), the manifest given is untouched, and the pooled CTC pre-training trains on
+    the rest."""
+    import json
+
+    from nemo_tl.data.manifest import read_manifest
+    from nemo_tl.data.synthetic import write_manifest
+
+    cfg = OmegaConf.load(os.path.join(CONF, "multisoftmax_rnnt.yaml")).model
+    for key, value in {"encoder.n_layers": 1, "model_defaults.enc_hidden": 32, "model_defaults.pred_hidden": 16,
+                       "model_defaults.joint_hidden": 16, "train_ds.batch_size": 2, "train_ds.num_workers": 0}.items():
+        OmegaConf.update(cfg, key, value)
+    cfg.languages = {"en": {"labels": list("abcdefh")}, "hi": {"labels": sorted(set("".join(TEXTS["hi"])))}}
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    train = [make_tone_manifest(str(tmp_path), TEXTS[lang], name=lang, lang=lang) for lang in ("en", "hi")]
+    entries = read_manifest(train[0])
+    entries.append({**entries[0], "text": "abcdefh" * 40})  # 280 characters on the audio of "abc"
+    write_manifest(train[0], entries)
+    before = open(train[0], encoding="utf-8").read()
+    script = _reproduce_script()
+    used = script.ctc_alignable(cfg, train)
+    assert f"{train[0]}: 1 of 5 lines left out of training" in capsys.readouterr().out
+    assert open(train[0], encoding="utf-8").read() == before
+    assert used[1] == train[1] and used[0] != train[0]  # only the manifest with the bad line is a filtered copy
+    assert [json.loads(line)["text"] for line in open(used[0], encoding="utf-8")] == TEXTS["en"]
+    model, seconds = script.pretrain_ctc(cfg, used, steps=1)
+    assert seconds > 0 and list(model.cfg.train_ds.manifest_filepath) == used
