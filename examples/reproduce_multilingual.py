@@ -29,7 +29,8 @@ Results are written to ``--out`` as each model finishes.
 3. Scores them on the test sets: multi-softmax known-language, LID-free and oracle; vanilla
    (LID-free by construction); onehot (known language). Per-language WER and CER, word- and
    character-weighted averages, WERR and CERR against vanilla, utterance LID accuracy, T_avg; then the (τ, s_th) sweep of the
-   multi-softmax model. Writes ``results.md``, ``results.json`` and ``sweep.png``.
+   multi-softmax model (one decoding serves every point), and with ``--save`` the same sweep of the model
+   restored from ``multisoftmax.nemo``. Writes ``results.md``, ``results.json`` and ``sweep.png``.
 """
 
 from __future__ import annotations
@@ -344,6 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         for q in points
     ]
     results["sweep"] = points
+    if args.save:  # the saved model, restored, must decode as the trained one did
+        from nemo_tl.models import MultiSoftmaxRNNTModel
+
+        restored = MultiSoftmaxRNNTModel.restore_from(str(out / "multisoftmax.nemo"), map_location=ms.device).eval()
+        results["sweep_restored"] = sweep(restored, test, sweep_points(args.sweep), batch_size=args.eval_batch)
+        changed = [(q["tau"], q["s_th"]) for p_, q in zip(points, results["sweep_restored"]) if p_ != q]
+        verdict = "the same sweep" if not changed else f"other results at (τ, s_th) = {changed} (sweep_restored)"
+        sweep_md.append(f"\nThe model restored from multisoftmax.nemo: {verdict}.")
+        del restored
     md = table + "\n\n" + "\n".join(sweep_md)
     write("\n\n" + "\n".join(sweep_md))
     print(md)

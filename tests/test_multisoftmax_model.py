@@ -449,10 +449,16 @@ def test_evaluation_modes_and_sweep(manifests, tmp_path):
     ]
     known = table.splitlines()[1].split("\t")
     assert known[8] == f"{rows['known'].cers['avg'][0]:.2f}" and known[10] == "0.00"  # CERR against itself
-    points = sweep(model, sets, [(math.inf, math.inf), (0, 0.0)], batch_size=6)
+    settings = [(math.inf, math.inf), (0, 0.0), (2, 0.05), (5, 0.5)]
+    points = sweep(model, sets, settings, batch_size=6)
     assert points[0]["t_avg"] == 3.0 and 1.0 <= points[1]["t_avg"] < 3.0  # at least one decoder stays on
-    no_stopping = evaluate(model, sets, "lid_free", batch_size=6, min_frames=math.inf, threshold=math.inf)
-    assert points[0]["cer"] == no_stopping.cers["avg"][0] and points[0]["wer"] == no_stopping.wers["avg"][0]
+    # One decoding serves the whole sweep: every point is what decoding at that (τ, s_th) gives.
+    for (tau, s_th), point in zip(settings, points):
+        decoded = evaluate(model, sets, "lid_free", batch_size=6, min_frames=tau, threshold=s_th)
+        assert point == {"tau": tau, "s_th": s_th, "wer": decoded.wers["avg"][0], "cer": decoded.cers["avg"][0],
+                         "t_avg": pytest.approx(decoded.t_avg), "lid_accuracy": decoded.lid_accuracy}
+    assert len({p["t_avg"] for p in points}) >= 3  # the settings switch decoders off differently
+    assert len({p["lid_accuracy"] for p in points}) >= 2 and len({p["cer"] for p in points}) >= 2  # other choices
     png = plot_sweep(points, str(tmp_path / "sweep.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -15,9 +15,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from nemo.collections.asr.metrics.wer import word_error_rate_detail
 
 from nemo_tl.data.manifest import read_manifest
+from nemo_tl.decoding.lid_free import choose_language, early_stopping
 from nemo_tl.errors import input_error
 from nemo_tl.evaluation import fmt, to_strict_json
 
@@ -152,15 +154,43 @@ def sweep(
     settings: Sequence[tuple[float, float]],
     batch_size: int = 8,
 ) -> list[dict[str, float]]:
-    """LID-free average WER / CER, T_avg and LID accuracy for each (τ, s_th) (Joshi et al. Table 7)."""
+    """LID-free average WER / CER, T_avg and LID accuracy for each (τ, s_th) (Joshi et al. Table 7).
+
+    A multi-softmax model with a LID head is decoded once, every language to the end (τ = ∞), keeping the frame
+    LID posteriors; each (τ, s_th) then only reruns the early-stopping rule and the language choice on them. The
+    result is the one a decoding at that (τ, s_th) gives: the chosen language is always a decoder still on, and
+    a decoder still on decodes every frame, as at τ = ∞. Other models are decoded once per setting.
+    """
+    if not (getattr(model, "is_multisoftmax", False) and getattr(model, "lid_head", None) is not None):
+        rows = []
+        for tau, s_th in settings:
+            r = evaluate(model, manifests, "lid_free", batch_size, min_frames=tau, threshold=s_th)
+            rows.append(_sweep_row(tau, s_th, r))
+        return rows
+    from nemo_tl.multilingual.transcribe import MultilingualTranscribeConfig
+
+    audio, refs, langs = _load(manifests)
+    trcfg = MultilingualTranscribeConfig(batch_size=batch_size, verbose=False, keep_lid_posteriors=True)
+    out = model.transcribe(audio, override_config=trcfg, min_frames=math.inf)
+    languages = list(model.languages)
+    lengths = torch.tensor([h.lid_log_posteriors.shape[0] for h in out])
+    log_post = torch.nn.utils.rnn.pad_sequence([h.lid_log_posteriors for h in out], batch_first=True)  # (N, T, L)
+    avg = torch.tensor([[h.lang_posteriors[lang] for lang in languages] for h in out])  # (N, L)
     rows = []
     for tau, s_th in settings:
-        r = evaluate(model, manifests, "lid_free", batch_size, min_frames=tau, threshold=s_th)
-        rows.append(
-            {"tau": tau, "s_th": s_th, "wer": r.wers["avg"][0], "cer": r.cers["avg"][0], "t_avg": r.t_avg,
-             "lid_accuracy": r.lid_accuracy}
-        )
+        t_off, active, t_avg = early_stopping(log_post, lengths, min_frames=tau, threshold=s_th)
+        predicted = [languages[j] for j in choose_language(avg, active, t_off).tolist()]
+        hyps = [h.lang_hypotheses[lang] for h, lang in zip(out, predicted)]
+        lid = 100.0 * sum(p == t for p, t in zip(predicted, langs)) / len(langs)
+        r = EvalResult("lid_free", language_wers(hyps, refs, langs), lid, float(t_avg.mean()), langs, hyps, refs,
+                       predicted)
+        rows.append(_sweep_row(tau, s_th, r))
     return rows
+
+
+def _sweep_row(tau: float, s_th: float, r: EvalResult) -> dict[str, float]:
+    return {"tau": tau, "s_th": s_th, "wer": r.wers["avg"][0], "cer": r.cers["avg"][0], "t_avg": r.t_avg,
+            "lid_accuracy": r.lid_accuracy}
 
 
 def format_table(rows: Mapping[str, EvalResult], languages: Sequence[str], baseline: EvalResult | None = None) -> str:

@@ -46,6 +46,7 @@ class MultilingualTranscribeConfig(TranscribeConfig):
     languages: str | list[str] | None = None
     min_frames: float | None = None
     threshold: float | None = None
+    keep_lid_posteriors: bool = False  # True: each hypothesis keeps .lid_log_posteriors, (T, L) float32 on the CPU
     _offset: int = field(default=0, repr=False)
 
 
@@ -101,6 +102,7 @@ def transcribe_config(
     if override_config is not None:  # keep the caller's settings, add the multilingual ones
         base = {f.name: getattr(override_config, f.name) for f in fields(TranscribeConfig)}
         trcfg = MultilingualTranscribeConfig(**base)
+        trcfg.keep_lid_posteriors = bool(getattr(override_config, "keep_lid_posteriors", False))
     else:
         trcfg = MultilingualTranscribeConfig(**nemo_args)
     trcfg.return_hypotheses = True
@@ -199,4 +201,6 @@ def transcribe_hypotheses(
         h.lang = chosen[i]
         h.lang_posteriors = {lang: float(avg[i, j]) for j, lang in enumerate(model.languages)} if avg is not None else None
         h.t_avg = float(t_avg[i])
+        if trcfg.keep_lid_posteriors and log_post is not None:
+            h.lid_log_posteriors = log_post[i, : int(encoded_len[i])].float().cpu()
     return hyps
