@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         "the default 4x subsampling; inf: never stop)",
     )
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
+    p.add_argument("--lid-weight", type=float, default=None,
+                   help="model.lid.weight: loss = RNN-T + weight * frame-level LID CE (default: the config's)")
     p.add_argument("--save", action="store_true", help="also write the multi-softmax model to OUT/multisoftmax.nemo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-ratio", type=float, default=None, help="optim.sched.warmup_ratio (default: the config's)")
@@ -279,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.languages = {lang: {"labels": labels_for(lang)} for lang in langs}
         cfg.architecture = architecture
         cfg.lid.enabled = architecture == "multisoftmax"
+        if args.lid_weight is not None:
+            cfg.lid.weight = args.lid_weight
         cfg.train_ds.batch_size = args.batch
         cfg.train_ds.mixing = {"per_batch": bool(args.per_batch), "weights": "hours", "seed": args.seed}
         cfg.validation_ds.manifest_filepath = None
