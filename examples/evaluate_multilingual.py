@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 import nemo_tl  # noqa: F401  (lets NeMo restore nemo_tl models)
 from nemo_tl.decoding.multilingual_eval import (
     EvalResult,
+    decode_all_languages,
     evaluate,
     format_table,
     language_wers,
@@ -34,6 +35,13 @@ from nemo_tl.decoding.multilingual_eval import (
 from nemo_tl.evaluation import fmt
 from nemo_tl.utils.atomic import atomic_write
 from nemo_tl.utils.training import quiet_restore_logs
+
+
+def device() -> str:
+    """Where the models decode: the GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -54,7 +62,7 @@ def _baseline(cfg: EvalConfig) -> EvalResult | None:
         return None
     if isinstance(cfg.baseline, str):
         return evaluate(
-            ASRModel.restore_from(cfg.baseline, map_location="cpu"),
+            ASRModel.restore_from(cfg.baseline, map_location=device()),
             cfg.manifests,
             cfg.baseline_mode,
             cfg.batch_size,
@@ -62,7 +70,7 @@ def _baseline(cfg: EvalConfig) -> EvalResult | None:
     # One monolingual model per language: score each on its own manifests' utterances.
     hyps, refs, langs = [], [], []
     for lang, path in cfg.baseline.items():
-        mono = ASRModel.restore_from(path, map_location="cpu")
+        mono = ASRModel.restore_from(path, map_location=device())
         for manifest in cfg.manifests:
             r = evaluate(mono, [manifest], "known", cfg.batch_size)
             keep = [i for i, x in enumerate(r.langs) if x == lang]
@@ -76,18 +84,31 @@ def _baseline(cfg: EvalConfig) -> EvalResult | None:
 def main(cfg: EvalConfig) -> None:
     quiet_restore_logs()
     cfg = OmegaConf.to_object(cfg) if not isinstance(cfg, EvalConfig) else cfg
-    model = ASRModel.restore_from(cfg.model_path, map_location="cpu")
+    model = ASRModel.restore_from(cfg.model_path, map_location=device())
     model.eval()
     baseline = _baseline(cfg)
     rows = {f"baseline ({baseline.mode})": baseline} if baseline is not None else {}
-    rows.update({mode: evaluate(model, cfg.manifests, mode, cfg.batch_size) for mode in cfg.modes})
+    # A multi-softmax model with a LID head decodes every language once for the LID-free, oracle and sweep rows.
+    every = None
+    if getattr(model, "is_multisoftmax", False) and getattr(model, "lid_head", None) is not None and (
+        cfg.sweep or {"lid_free", "oracle"} & set(cfg.modes)
+    ):
+        every = decode_all_languages(model, cfg.manifests, cfg.batch_size)
+    for mode in cfg.modes:
+        if every is not None and mode == "lid_free":
+            rows[mode] = every.at(model.multilingual.lid_free.min_frames, model.multilingual.lid_free.threshold)
+        elif every is not None and mode == "oracle":
+            rows[mode] = every.oracle()
+        else:
+            rows[mode] = evaluate(model, cfg.manifests, mode, cfg.batch_size)
     print(format_table(rows, model.languages, baseline))
     if cfg.output_json:
         with atomic_write(cfg.output_json, "w", encoding="utf-8") as f:
             f.write(to_json(rows) + "\n")
         print(f"written: {cfg.output_json}")
     if cfg.sweep:
-        points = sweep(model, cfg.manifests, [(float(t), float(s)) for t, s in cfg.sweep], cfg.batch_size)
+        settings = [(float(t), float(s)) for t, s in cfg.sweep]
+        points = sweep(model, every if every is not None else cfg.manifests, settings, cfg.batch_size)
         print("tau\ts_th\tWER\tCER\tT_avg\tLID acc")
         for p in points:
             print(

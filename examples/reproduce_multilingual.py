@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nemo_tl.data.synth_corpus import synthesize_corpus
     from nemo_tl.data.texts import labels_for
-    from nemo_tl.decoding.multilingual_eval import evaluate, format_table, plot_sweep, sweep
+    from nemo_tl.decoding.multilingual_eval import evaluate, format_table
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,18 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     base = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "multisoftmax_rnnt.yaml"), resolve=True)["model"]
     results: dict = {"args": vars(args), "train_seconds": {}, "rows": {}}
     rows = {}
-    models = {}
     pretrained = None
     train_manifests: list[str] | None = None
 
+    sweep_md = ""
+
     def write(extra_md: str = "") -> str:
-        """results.md and results.json as they stand (written after every model)."""
+        """results.md and results.json as they stand (written after every model), ``extra_md`` after the table."""
         table = format_table(rows, langs, rows.get("vanilla (LID-free)"))
+        if extra_md:
+            table += "\n\n" + extra_md
         results["rows"] = {
             name: {"mode": r.mode, "wers": r.wers, "cers": r.cers, "lid_accuracy": r.lid_accuracy, "t_avg": r.t_avg}
             for name, r in rows.items()
         }
-        (out / "results.md").write_text(table + extra_md + "\n", encoding="utf-8")
+        (out / "results.md").write_text(table + "\n", encoding="utf-8")
         (out / "results.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
         return table
 
@@ -316,53 +319,57 @@ def main(argv: list[str] | None = None) -> int:
             results["train_seconds"]["ctc_pretrain"] = seconds
             print(f"pooled CTC: trained {args.pretrain_ctc_steps} steps in {seconds:.0f} s", flush=True)
         if pretrained is not None:
-            models[architecture], seconds = train_from_base(pretrained, cfg, args.steps, args.freeze_encoder_blocks)
+            model, seconds = train_from_base(pretrained, cfg, args.steps, args.freeze_encoder_blocks)
         else:
-            models[architecture], seconds = train(cfg, args.steps)
+            model, seconds = train(cfg, args.steps)
         results["train_seconds"][architecture] = seconds
         print(f"{architecture}: trained {args.steps} steps in {seconds:.0f} s", flush=True)
-        model = models[architecture]
         if architecture == "vanilla":
             rows["vanilla (LID-free)"] = evaluate(model, test, "lid_free", args.eval_batch)
         elif architecture == "onehot":
             rows["onehot (known language)"] = evaluate(model, test, "known", args.eval_batch)
         else:
-            if args.save:
-                from nemo_tl.utils.atomic import atomic_save_to
+            sweep_md = evaluate_multisoftmax(model, test, args, out, rows, results)
+        print(write(sweep_md), f"\nevaluated in {time.time() - t0:.0f} s", flush=True)
+        del model
+    print(f"total {time.time() - t0:.0f} s")
+    return 0
 
-                atomic_save_to(model, str(out / "multisoftmax.nemo"))
-            for mode in ("known", "lid_free", "oracle"):
-                rows[f"multisoftmax ({mode})"] = evaluate(model, test, mode, args.eval_batch)
-        print(write(), f"\nevaluated in {time.time() - t0:.0f} s", flush=True)
 
-    if "multisoftmax" not in models:
-        print(f"total {time.time() - t0:.0f} s")
-        return 0
-    ms = models["multisoftmax"]
-    table = write()
-    points = sweep(ms, test, sweep_points(args.sweep), batch_size=args.eval_batch)
-    plot_sweep(points, str(out / "sweep.png"))
-    sweep_md = ["| τ (frames) | s_th | WER % | CER % | T_avg | LID acc % |", "|---:|---:|---:|---:|---:|---:|"]
-    sweep_md += [
-        f"| {q['tau']:g} | {q['s_th']:g} | {q['wer']:.2f} | {q['cer']:.2f} | {q['t_avg']:.2f} | "
-        f"{q['lid_accuracy']:.1f} |"
-        for q in points
-    ]
+def evaluate_multisoftmax(model, test: list[str], args, out: Path, rows: dict, results: dict) -> str:
+    """Known-language, LID-free (default τ, s_th), oracle and the (τ, s_th) sweep of the multi-softmax ``model``.
+
+    The LID-free rows come from one decoding of every language (``decode_all_languages``), also written per
+    utterance to ``lid_free_outputs.jsonl``. With ``--save``: the model is saved, restored and swept again.
+    Returns the sweep's markdown table.
+    """
+    from nemo_tl.decoding.multilingual_eval import decode_all_languages, evaluate, plot_sweep, sweep
+
+    if args.save:
+        from nemo_tl.utils.atomic import atomic_save_to
+
+        atomic_save_to(model, str(out / "multisoftmax.nemo"))
+    rows["multisoftmax (known)"] = evaluate(model, test, "known", args.eval_batch)
+    every = decode_all_languages(model, test, args.eval_batch)
+    default = model.multilingual.lid_free
+    rows["multisoftmax (lid_free)"] = every.at(default.min_frames, default.threshold)
+    rows["multisoftmax (oracle)"] = every.oracle()
+    every.write_jsonl(str(out / "lid_free_outputs.jsonl"))
+    points = sweep(model, every, sweep_points(args.sweep))
     results["sweep"] = points
+    plot_sweep(points, str(out / "sweep.png"))
+    md = ["| τ (frames) | s_th | WER % | CER % | T_avg | LID acc % |", "|---:|---:|---:|---:|---:|---:|"]
+    md += [f"| {q['tau']:g} | {q['s_th']:g} | {q['wer']:.2f} | {q['cer']:.2f} | {q['t_avg']:.2f} | "
+           f"{q['lid_accuracy']:.1f} |" for q in points]
     if args.save:  # the saved model, restored, must decode as the trained one did
         from nemo_tl.models import MultiSoftmaxRNNTModel
 
-        restored = MultiSoftmaxRNNTModel.restore_from(str(out / "multisoftmax.nemo"), map_location=ms.device).eval()
-        results["sweep_restored"] = sweep(restored, test, sweep_points(args.sweep), batch_size=args.eval_batch)
+        restored = MultiSoftmaxRNNTModel.restore_from(str(out / "multisoftmax.nemo"), map_location=model.device)
+        results["sweep_restored"] = sweep(restored.eval(), test, sweep_points(args.sweep), args.eval_batch)
         changed = [(q["tau"], q["s_th"]) for p_, q in zip(points, results["sweep_restored"]) if p_ != q]
         verdict = "the same sweep" if not changed else f"other results at (τ, s_th) = {changed} (sweep_restored)"
-        sweep_md.append(f"\nThe model restored from multisoftmax.nemo: {verdict}.")
-        del restored
-    md = table + "\n\n" + "\n".join(sweep_md)
-    write("\n\n" + "\n".join(sweep_md))
-    print(md)
-    print(f"total {time.time() - t0:.0f} s")
-    return 0
+        md.append(f"\nThe model restored from multisoftmax.nemo: {verdict}.")
+    return "\n".join(md)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from nemo_tl.data.synthetic import make_tone_manifest
-from nemo_tl.decoding.multilingual_eval import EvalResult, format_table, to_json
+from nemo_tl.decoding.multilingual_eval import EvalResult, evaluate, format_table, to_json
 from nemo_tl.evaluation import forgetting_table, to_strict_json
 from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
 from tests.conftest import ROOT
@@ -72,3 +72,19 @@ def test_evaluate_multilingual_takes_baseline_as_evaluate_ctc_does(tmp_path, sin
     assert set(rows) == {"baseline (known)", "known"}
     assert set(rows["baseline (known)"]["wers"]) == {"en", "avg"}  # the English model scored on English only
     assert "If you intend to do training" not in proc.stdout + proc.stderr
+
+    # LID-free and oracle rows and the sweep come from one decoding of every language: as decoded per mode.
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "evaluate_multilingual.py"), f"model_path={ms_path}",
+         f"manifests=[{','.join(manifests)}]", "modes=[lid_free,oracle]", f"output_json={out}", "batch_size=4",
+         "sweep=[[inf,inf],[0,0.0]]", f"plot={tmp_path / 'sweep.png'}"],
+        capture_output=True, text=True, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": ROOT, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = strict_loads(open(out, encoding="utf-8").read())
+    restored = MultiSoftmaxRNNTModel.restore_from(ms_path, map_location="cpu").eval()
+    for mode in ("lid_free", "oracle"):
+        decoded = evaluate(restored, manifests, mode, batch_size=4)
+        assert rows[mode]["cers"] == {k: list(v) for k, v in decoded.cers.items()}, mode
+        assert rows[mode]["lid_accuracy"] == decoded.lid_accuracy and rows[mode]["t_avg"] == decoded.t_avg
+    assert (tmp_path / "sweep.png").stat().st_size > 1000

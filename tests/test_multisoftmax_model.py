@@ -18,6 +18,7 @@ from nemo_tl.compat import cuda_graphs_mode
 from nemo_tl.data.synthetic import make_tone_manifest, write_manifest
 from nemo_tl.decoding.lid_free import early_stopping
 from nemo_tl.decoding.multilingual_eval import (
+    decode_all_languages,
     evaluate,
     format_table,
     language_cers,
@@ -459,6 +460,15 @@ def test_evaluation_modes_and_sweep(manifests, tmp_path):
                          "t_avg": pytest.approx(decoded.t_avg), "lid_accuracy": decoded.lid_accuracy}
     assert len({p["t_avg"] for p in points}) >= 3  # the settings switch decoders off differently
     assert len({p["lid_accuracy"] for p in points}) >= 2 and len({p["cer"] for p in points}) >= 2  # other choices
+    every = decode_all_languages(model, sets, batch_size=6)  # the one decoding, kept
+    assert sweep(model, every, settings) == points
+    assert every.oracle().wers == rows["oracle"].wers and every.oracle().cers == rows["oracle"].cers
+    lines = [json.loads(x) for x in open(every.write_jsonl(str(tmp_path / "outputs.jsonl")), encoding="utf-8")]
+    assert [x["lang"] for x in lines] == rows["oracle"].langs and [x["text"] for x in lines] == rows["oracle"].refs
+    assert [x["hypotheses"][x["lang"]] for x in lines] == rows["oracle"].hyps
+    assert all(set(x["hypotheses"]) == set(x["scores"]) == set(x["lid_posteriors"]) == set(LANGS) for x in lines)
+    with pytest.raises(InputError, match="multi-softmax model with a LID head"):
+        decode_all_languages(MultiSoftmaxRNNTModel(ms_cfg(architecture="vanilla")), sets)
     png = plot_sweep(points, str(tmp_path / "sweep.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -25,7 +25,9 @@ from nemo_tl.evaluation import fmt, to_strict_json
 
 __all__ = [
     "MODES",
+    "AllLanguagesDecoding",
     "EvalResult",
+    "decode_all_languages",
     "evaluate",
     "format_table",
     "language_cers",
@@ -33,6 +35,7 @@ __all__ = [
     "language_wers",
     "plot_sweep",
     "sweep",
+    "sweep_row",
     "to_json",
     "werr",
 ]
@@ -148,47 +151,99 @@ def evaluate(
     return EvalResult(mode, language_wers(hyps, refs, langs), lid, t_avg, langs, hyps, refs, predicted)
 
 
-def sweep(
-    model,
-    manifests: Sequence[str],
-    settings: Sequence[tuple[float, float]],
-    batch_size: int = 8,
-) -> list[dict[str, float]]:
-    """LID-free average WER / CER, T_avg and LID accuracy for each (τ, s_th) (Joshi et al. Table 7).
+@dataclass
+class AllLanguagesDecoding:
+    """A multi-softmax model's LID-free decoding with every language's decoder run to the end, once.
 
-    A multi-softmax model with a LID head is decoded once, every language to the end (τ = ∞), keeping the frame
-    LID posteriors; each (τ, s_th) then only reruns the early-stopping rule and the language choice on them. The
-    result is the one a decoding at that (τ, s_th) gives: the chosen language is always a decoder still on, and
-    a decoder still on decodes every frame, as at τ = ∞. Other models are decoded once per setting.
+    Every LID-free result follows from it without decoding again: the row at any (τ, s_th) (:meth:`at`: the
+    early-stopping rule and the language choice rerun on the kept frame LID posteriors; exact, because the
+    language chosen is always a decoder still on, and a decoder still on decodes every frame) and the oracle
+    row (:meth:`oracle`). :func:`decode_all_languages` builds it.
     """
+
+    languages: list[str]
+    refs: list[str]
+    langs: list[str]
+    hypotheses: list[dict[str, str]]  # per utterance {language: text}
+    scores: list[dict[str, float]]  # per utterance {language: hypothesis log-score}
+    avg_post: torch.Tensor  # (N, L) average LID posteriors
+    log_post: torch.Tensor  # (N, T, L) frame LID log-posteriors, padded
+    lengths: torch.Tensor  # (N,) encoder frames
+
+    def at(self, min_frames: float, threshold: float) -> EvalResult:
+        """The LID-free result at (τ, s_th) = (``min_frames``, ``threshold``)."""
+        t_off, active, t_avg = early_stopping(self.log_post, self.lengths, min_frames=min_frames, threshold=threshold)
+        predicted = [self.languages[j] for j in choose_language(self.avg_post, active, t_off).tolist()]
+        hyps = [h[lang] for h, lang in zip(self.hypotheses, predicted)]
+        lid = 100.0 * sum(p == t for p, t in zip(predicted, self.langs)) / len(self.langs)
+        return EvalResult("lid_free", language_wers(hyps, self.refs, self.langs), lid, float(t_avg.mean()),
+                          self.langs, hyps, self.refs, predicted)
+
+    def oracle(self) -> EvalResult:
+        """Every language's decoder to the end, the true language's hypothesis scored."""
+        hyps = [h[lang] for h, lang in zip(self.hypotheses, self.langs)]
+        return EvalResult("oracle", language_wers(hyps, self.refs, self.langs), None, float(len(self.languages)),
+                          self.langs, hyps, self.refs, list(self.langs))
+
+    def write_jsonl(self, path: str) -> str:
+        """One JSON line per utterance: reference, language, every language's hypothesis and score, the average
+        LID posteriors and the encoder frames (to study language-choice rules without decoding again)."""
+        import json
+
+        with open(path, "w", encoding="utf-8") as f:
+            for i, (ref, lang) in enumerate(zip(self.refs, self.langs)):
+                f.write(json.dumps({
+                    "text": ref, "lang": lang, "hypotheses": self.hypotheses[i], "scores": self.scores[i],
+                    "lid_posteriors": dict(zip(self.languages, self.avg_post[i].tolist())),
+                    "frames": int(self.lengths[i]),
+                }, ensure_ascii=False) + "\n")
+        return path
+
+
+def decode_all_languages(model, manifests: Sequence[str], batch_size: int = 8) -> AllLanguagesDecoding:
+    """Decode ``manifests`` (every line with ``lang``) with every language of a multi-softmax ``model`` with a LID head."""
     if not (getattr(model, "is_multisoftmax", False) and getattr(model, "lid_head", None) is not None):
-        rows = []
-        for tau, s_th in settings:
-            r = evaluate(model, manifests, "lid_free", batch_size, min_frames=tau, threshold=s_th)
-            rows.append(_sweep_row(tau, s_th, r))
-        return rows
+        raise input_error("decoding every language needs a multi-softmax model with a LID head", where="model",
+                          fix="use architecture multisoftmax with lid.enabled: true, or evaluate() per setting")
     from nemo_tl.multilingual.transcribe import MultilingualTranscribeConfig
 
     audio, refs, langs = _load(manifests)
     trcfg = MultilingualTranscribeConfig(batch_size=batch_size, verbose=False, keep_lid_posteriors=True)
     out = model.transcribe(audio, override_config=trcfg, min_frames=math.inf)
     languages = list(model.languages)
-    lengths = torch.tensor([h.lid_log_posteriors.shape[0] for h in out])
-    log_post = torch.nn.utils.rnn.pad_sequence([h.lid_log_posteriors for h in out], batch_first=True)  # (N, T, L)
-    avg = torch.tensor([[h.lang_posteriors[lang] for lang in languages] for h in out])  # (N, L)
-    rows = []
-    for tau, s_th in settings:
-        t_off, active, t_avg = early_stopping(log_post, lengths, min_frames=tau, threshold=s_th)
-        predicted = [languages[j] for j in choose_language(avg, active, t_off).tolist()]
-        hyps = [h.lang_hypotheses[lang] for h, lang in zip(out, predicted)]
-        lid = 100.0 * sum(p == t for p, t in zip(predicted, langs)) / len(langs)
-        r = EvalResult("lid_free", language_wers(hyps, refs, langs), lid, float(t_avg.mean()), langs, hyps, refs,
-                       predicted)
-        rows.append(_sweep_row(tau, s_th, r))
-    return rows
+    return AllLanguagesDecoding(
+        languages, refs, langs,
+        hypotheses=[dict(h.lang_hypotheses) for h in out],
+        scores=[dict(h.lang_scores) for h in out],
+        avg_post=torch.tensor([[h.lang_posteriors[lang] for lang in languages] for h in out]),
+        log_post=torch.nn.utils.rnn.pad_sequence([h.lid_log_posteriors for h in out], batch_first=True),
+        lengths=torch.tensor([h.lid_log_posteriors.shape[0] for h in out]),
+    )
 
 
-def _sweep_row(tau: float, s_th: float, r: EvalResult) -> dict[str, float]:
+def sweep(
+    model,
+    manifests: Sequence[str] | AllLanguagesDecoding,
+    settings: Sequence[tuple[float, float]],
+    batch_size: int = 8,
+) -> list[dict[str, float]]:
+    """LID-free average WER / CER, T_avg and LID accuracy for each (τ, s_th) (Joshi et al. Table 7).
+
+    A multi-softmax model with a LID head is decoded once (:func:`decode_all_languages`; or pass its result as
+    ``manifests``) and every point follows from that decoding; other models are decoded once per setting.
+    """
+    if isinstance(manifests, AllLanguagesDecoding):
+        every = manifests
+    elif getattr(model, "is_multisoftmax", False) and getattr(model, "lid_head", None) is not None:
+        every = decode_all_languages(model, manifests, batch_size)
+    else:
+        return [sweep_row(tau, s_th, evaluate(model, manifests, "lid_free", batch_size, min_frames=tau,
+                                              threshold=s_th)) for tau, s_th in settings]
+    return [sweep_row(tau, s_th, every.at(tau, s_th)) for tau, s_th in settings]
+
+
+def sweep_row(tau: float, s_th: float, r: EvalResult) -> dict[str, float]:
+    """One point of :func:`sweep`: τ, s_th, average WER and CER, T_avg, LID accuracy."""
     return {"tau": tau, "s_th": s_th, "wer": r.wers["avg"][0], "cer": r.cers["avg"][0], "t_avg": r.t_avg,
             "lid_accuracy": r.lid_accuracy}
 
