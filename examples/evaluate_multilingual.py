@@ -25,6 +25,7 @@ import nemo_tl  # noqa: F401  (lets NeMo restore nemo_tl models)
 from nemo_tl.decoding.multilingual_eval import (
     EvalResult,
     decode_all_languages,
+    decodes_all_languages,
     evaluate,
     format_table,
     language_wers,
@@ -90,9 +91,7 @@ def main(cfg: EvalConfig) -> None:
     rows = {f"baseline ({baseline.mode})": baseline} if baseline is not None else {}
     # A multi-softmax model with a LID head decodes every language once for the LID-free, oracle and sweep rows.
     every = None
-    if getattr(model, "is_multisoftmax", False) and getattr(model, "lid_head", None) is not None and (
-        cfg.sweep or {"lid_free", "oracle"} & set(cfg.modes)
-    ):
+    if decodes_all_languages(model) and (cfg.sweep or {"lid_free", "oracle"} & set(cfg.modes)):
         every = decode_all_languages(model, cfg.manifests, cfg.batch_size)
     for mode in cfg.modes:
         if every is not None and mode == "lid_free":

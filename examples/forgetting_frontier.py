@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ COMBINABLE = ("replay", "lwf", "l2sp", "ewc")
 
 def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batches: int) -> tuple[dict | None, dict]:
     """``"replay=0.2+lwf=1.0"`` → (replay share or None, ``model.transfer.regularization``) of one combined run."""
-    replay, regularization = None, {}
+    replay, regularization, seen = None, {}, set()
     for part in (x.strip() for x in spec.split("+") if x.strip()):
         key, _, value = part.partition("=")
         try:
@@ -61,6 +62,11 @@ def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batche
         if key not in COMBINABLE or weight is None:
             raise SystemExit(f"--combine {spec!r}: {part!r} is not METHOD=VALUE with METHOD one of "
                              f"{', '.join(COMBINABLE)} (e.g. replay=0.2+lwf=1.0)")
+        if key in seen:
+            raise SystemExit(f"--combine {spec!r}: {key} is given twice; give each method once")
+        if not (weight >= 0) or math.isinf(weight) or (key == "replay" and not weight < 1):
+            raise SystemExit(f"--combine {spec!r}: {part!r} needs a finite weight ≥ 0 (replay: a share in [0, 1))")
+        seen.add(key)
         if key == "replay":
             replay = weight
         elif key == "lwf":

@@ -132,28 +132,37 @@ def ctc_config(cfg, manifests: list[str]):
     })
 
 
-def ctc_alignable(cfg, manifests: list[str]) -> list[str]:
+def ctc_alignable(cfg, manifests: list[str], out_dir: Path) -> list[str]:
     """``manifests``, each line checked with its transcript counted in CTC frames of ``cfg``'s encoder.
 
     NeMo's CTC loss would be 0, silently, for a line the encoder cannot align: such lines are left out
-    through ``skip_invalid`` (filtered copies; the files given are never changed), and each manifest
-    that loses lines is printed with the count. Any other problem of a line is an error, as in training.
+    (``skip_invalid``), each manifest that loses lines is printed with the count and its filtered copy written to
+    ``out_dir/train_manifests/`` (the files given are never changed). Any other problem of a line is an error,
+    as in training.
     """
+    import shutil
+
     from nemo_tl.data.frames import config_encoder_frames
     from nemo_tl.data.manifest import iter_manifest_lines
     from nemo_tl.data.validate import check_dataset_config
 
     ctc_cfg = ctc_config(cfg, manifests)
+    check_dataset_config(ctc_cfg.train_ds, labels=ctc_cfg.labels, section="train_ds", parser="base")  # the rest
     ctc_cfg.train_ds.skip_invalid = True
     checked = check_dataset_config(ctc_cfg.train_ds, labels=ctc_cfg.labels, section="train_ds", parser="base",
                                    frames=config_encoder_frames(ctc_cfg))
-    used = list(checked.manifest_filepath)
-    for given, kept in zip(manifests, used):
+    used = []
+    for i, (given, kept) in enumerate(zip(manifests, checked.manifest_filepath)):
         if kept != given:
+            target = out_dir / "train_manifests" / f"{i:02d}_{Path(given).name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(kept, target)
             n_given, n_kept = (sum(1 for _ in iter_manifest_lines(x)) for x in (given, kept))
             print(f"{given}: {n_given - n_kept} of {n_given} lines left out of training: CTC cannot align them at "
-                  f"this encoder's frame rate (`python -m nemo_tl.data.validate {given} --labels MODEL` lists them)",
-                  flush=True)
+                  f"this encoder's frame rate (`python -m nemo_tl.data.validate {given} --labels MODEL` lists them); "
+                  f"the rest: {target}", flush=True)
+            kept = str(target)
+        used.append(kept)
     return used
 
 
@@ -247,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from nemo_tl.data.synth_corpus import synthesize_corpus
     from nemo_tl.data.texts import labels_for
     from nemo_tl.decoding.multilingual_eval import evaluate, format_table
+    from nemo_tl.evaluation import to_strict_json
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, r in rows.items()
         }
         (out / "results.md").write_text(table + "\n", encoding="utf-8")
-        (out / "results.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
+        # strict JSON: a τ or s_th of null in the sweep is ∞ (never switch a decoder off)
+        plain = json.loads(json.dumps(results, default=float))  # numpy and torch numbers as Python floats
+        (out / "results.json").write_text(to_strict_json(plain, indent=1), encoding="utf-8")
         return table
 
     for architecture in args.architectures.split(","):
@@ -302,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                 "weight_decay": 0.001,
                 "sched": {"name": "CosineAnnealing", "warmup_ratio": 0.12, "min_lr": 1e-5},
             }
+        if args.encoder == "quartznet":  # τ is in encoder frames: setting C's 30 frames are 0.6 s at its 2x
+            cfg.lid_free = {"min_frames": 30, "threshold": 0.5}
         if args.encoder == "quartznet" and args.freeze_bn_after >= 0:
             cfg.freeze_batch_norm_after = args.freeze_bn_after
         if args.warmup_ratio is not None:
@@ -311,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         if train_manifests is None:  # the lines CTC (pre-training, aux_ctc) cannot align are left out once, printed
             train_manifests = [corpus[lang]["train"] for lang in langs]
             if args.pretrain_ctc_steps > 0 or args.aux_ctc_weight > 0:
-                train_manifests = ctc_alignable(cfg, train_manifests)
+                train_manifests = ctc_alignable(cfg, train_manifests, out)
         cfg.train_ds.manifest_filepath = train_manifests
         torch.manual_seed(args.seed)
         if args.pretrain_ctc_steps > 0 and pretrained is None:

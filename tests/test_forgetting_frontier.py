@@ -108,6 +108,10 @@ def test_combine_reads_replay_and_regularizer_weights():
     for bad in ("replay=0.2+dropout=1", "lwf=high", "replay"):
         with pytest.raises(SystemExit, match="METHOD=VALUE"):
             _driver().combination(bad, 2.0, "en.json", 30)
+    for bad, message in (("lwf=1+lwf=2", "given twice"), ("l2sp=nan", "finite weight"), ("ewc=-1", "finite weight"),
+                         ("replay=1.0", r"share in \[0, 1\)")):
+        with pytest.raises(SystemExit, match=message):
+            _driver().combination(bad, 2.0, "en.json", 30)
 
 
 def test_sequence_mode_reports_cl_masr_metrics(tmp_path, single_thread):

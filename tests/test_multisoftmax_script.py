@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from nemo_tl.data.synthetic import make_tone_manifest
+from nemo_tl.errors import InputError
 from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
 from tests.conftest import CONF, ROOT
 from tests.test_multisoftmax_model import TEXTS
@@ -77,10 +78,16 @@ def test_reproduce_leaves_out_lines_ctc_cannot_align_says_so_and_keeps_the_file(
     write_manifest(train[0], entries)
     before = open(train[0], encoding="utf-8").read()
     script = _reproduce_script()
-    used = script.ctc_alignable(cfg, train)
+    used = script.ctc_alignable(cfg, train, tmp_path / "out")
     assert f"{train[0]}: 1 of 5 lines left out of training" in capsys.readouterr().out
     assert open(train[0], encoding="utf-8").read() == before
-    assert used[1] == train[1] and used[0] != train[0]  # only the manifest with the bad line is a filtered copy
+    assert used[1] == train[1]  # only the manifest with the bad line is a filtered copy, kept in the output folder
+    assert used[0] == str(tmp_path / "out" / "train_manifests" / "00_en.json")
     assert [json.loads(line)["text"] for line in open(used[0], encoding="utf-8")] == TEXTS["en"]
     model, seconds = script.pretrain_ctc(cfg, used, steps=1)
     assert seconds > 0 and list(model.cfg.train_ds.manifest_filepath) == used
+    # Any other problem of a line stops it, as in training: here a letter outside the labels.
+    entries[-1] = {**entries[0], "text": "xyz"}
+    write_manifest(train[0], entries)
+    with pytest.raises(InputError, match=r"en\.json:5"):
+        script.ctc_alignable(cfg, train, tmp_path / "out2")

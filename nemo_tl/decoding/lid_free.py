@@ -44,8 +44,9 @@ def _batched(log_post: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torc
 def early_stopping(
     log_post: torch.Tensor,
     lengths: torch.Tensor | None = None,
-    min_frames: float = 30,
-    threshold: float = 0.5,
+    *,
+    min_frames: float,
+    threshold: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decoder switch-off frames, still-on decoders and T_avg (Joshi et al. 2021, eq. 1-2).
 

@@ -28,6 +28,7 @@ __all__ = [
     "AllLanguagesDecoding",
     "EvalResult",
     "decode_all_languages",
+    "decodes_all_languages",
     "evaluate",
     "format_table",
     "language_cers",
@@ -156,9 +157,12 @@ class AllLanguagesDecoding:
     """A multi-softmax model's LID-free decoding with every language's decoder run to the end, once.
 
     Every LID-free result follows from it without decoding again: the row at any (τ, s_th) (:meth:`at`: the
-    early-stopping rule and the language choice rerun on the kept frame LID posteriors; exact, because the
-    language chosen is always a decoder still on, and a decoder still on decodes every frame) and the oracle
-    row (:meth:`oracle`). :func:`decode_all_languages` builds it.
+    early-stopping rule and the language choice rerun on the kept frame LID posteriors) and the oracle row
+    (:meth:`oracle`). :func:`decode_all_languages` builds it. The language chosen is always a decoder still on,
+    and a decoder still on decodes every frame, so :meth:`at` gives what decoding at (τ, s_th) gives: exactly
+    with the batched all-languages decoder (shared prediction network, greedy); with one decoder after another
+    (language-specific prediction networks, beam search), up to the floating-point effects of batching other
+    utterances together.
     """
 
     languages: list[str]
@@ -200,9 +204,14 @@ class AllLanguagesDecoding:
         return path
 
 
+def decodes_all_languages(model) -> bool:
+    """Whether :func:`decode_all_languages` takes ``model``: a multi-softmax model with a LID head."""
+    return bool(getattr(model, "is_multisoftmax", False)) and getattr(model, "lid_head", None) is not None
+
+
 def decode_all_languages(model, manifests: Sequence[str], batch_size: int = 8) -> AllLanguagesDecoding:
     """Decode ``manifests`` (every line with ``lang``) with every language of a multi-softmax ``model`` with a LID head."""
-    if not (getattr(model, "is_multisoftmax", False) and getattr(model, "lid_head", None) is not None):
+    if not decodes_all_languages(model):
         raise input_error("decoding every language needs a multi-softmax model with a LID head", where="model",
                           fix="use architecture multisoftmax with lid.enabled: true, or evaluate() per setting")
     from nemo_tl.multilingual.transcribe import MultilingualTranscribeConfig
@@ -234,7 +243,7 @@ def sweep(
     """
     if isinstance(manifests, AllLanguagesDecoding):
         every = manifests
-    elif getattr(model, "is_multisoftmax", False) and getattr(model, "lid_head", None) is not None:
+    elif decodes_all_languages(model):
         every = decode_all_languages(model, manifests, batch_size)
     else:
         return [sweep_row(tau, s_th, evaluate(model, manifests, "lid_free", batch_size, min_frames=tau,

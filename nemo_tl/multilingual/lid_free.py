@@ -73,8 +73,9 @@ def lid_free_decode(
     stacked: StackedLanguageDecoding | None = None,
     log_post: torch.Tensor | None = None,
     avg_post: torch.Tensor | None = None,
-    min_frames: float = 30.0,
-    threshold: float = 0.5,
+    *,
+    min_frames: float,
+    threshold: float,
 ) -> tuple[list[Hypothesis], list[str], torch.Tensor]:
     """Decode every utterance in every language; early stopping (τ, s_th) picks which decoders run to the end.
 
