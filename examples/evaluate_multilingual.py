@@ -24,9 +24,8 @@ from omegaconf import OmegaConf
 import nemo_tl  # noqa: F401  (lets NeMo restore nemo_tl models)
 from nemo_tl.decoding.multilingual_eval import (
     EvalResult,
-    decode_all_languages,
-    decodes_all_languages,
     evaluate,
+    evaluate_modes,
     format_table,
     language_wers,
     plot_sweep,
@@ -90,16 +89,8 @@ def main(cfg: EvalConfig) -> None:
     baseline = _baseline(cfg)
     rows = {f"baseline ({baseline.mode})": baseline} if baseline is not None else {}
     # A multi-softmax model with a LID head decodes every language once for the LID-free, oracle and sweep rows.
-    every = None
-    if decodes_all_languages(model) and (cfg.sweep or {"lid_free", "oracle"} & set(cfg.modes)):
-        every = decode_all_languages(model, cfg.manifests, cfg.batch_size)
-    for mode in cfg.modes:
-        if every is not None and mode == "lid_free":
-            rows[mode] = every.at(model.multilingual.lid_free.min_frames, model.multilingual.lid_free.threshold)
-        elif every is not None and mode == "oracle":
-            rows[mode] = every.oracle()
-        else:
-            rows[mode] = evaluate(model, cfg.manifests, mode, cfg.batch_size)
+    found, every = evaluate_modes(model, cfg.manifests, cfg.modes, cfg.batch_size, decode_all=bool(cfg.sweep))
+    rows.update(found)
     print(format_table(rows, model.languages, baseline))
     if cfg.output_json:
         with atomic_write(cfg.output_json, "w", encoding="utf-8") as f:

@@ -353,21 +353,18 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate_multisoftmax(model, test: list[str], args, out: Path, rows: dict, results: dict) -> str:
     """Known-language, LID-free (default τ, s_th), oracle and the (τ, s_th) sweep of the multi-softmax ``model``.
 
-    The LID-free rows come from one decoding of every language (``decode_all_languages``), also written per
+    The LID-free rows come from one decoding of every language (``evaluate_modes``), also written per
     utterance to ``lid_free_outputs.jsonl``. With ``--save``: the model is saved, restored and swept again.
     Returns the sweep's markdown table.
     """
-    from nemo_tl.decoding.multilingual_eval import decode_all_languages, evaluate, plot_sweep, sweep
+    from nemo_tl.decoding.multilingual_eval import evaluate_modes, plot_sweep, sweep
 
     if args.save:
         from nemo_tl.utils.atomic import atomic_save_to
 
         atomic_save_to(model, str(out / "multisoftmax.nemo"))
-    rows["multisoftmax (known)"] = evaluate(model, test, "known", args.eval_batch)
-    every = decode_all_languages(model, test, args.eval_batch)
-    default = model.multilingual.lid_free
-    rows["multisoftmax (lid_free)"] = every.at(default.min_frames, default.threshold)
-    rows["multisoftmax (oracle)"] = every.oracle()
+    found, every = evaluate_modes(model, test, ("known", "lid_free", "oracle"), args.eval_batch)
+    rows.update({f"multisoftmax ({mode})": r for mode, r in found.items()})
     every.write_jsonl(str(out / "lid_free_outputs.jsonl"))
     points = sweep(model, every, sweep_points(args.sweep))
     results["sweep"] = points

@@ -20,6 +20,7 @@ from nemo_tl.decoding.lid_free import early_stopping
 from nemo_tl.decoding.multilingual_eval import (
     decode_all_languages,
     evaluate,
+    evaluate_modes,
     format_table,
     language_cers,
     language_wers,
@@ -469,6 +470,10 @@ def test_evaluation_modes_and_sweep(manifests, tmp_path):
     assert all(set(x["hypotheses"]) == set(x["scores"]) == set(x["lid_posteriors"]) == set(LANGS) for x in lines)
     with pytest.raises(InputError, match="multi-softmax model with a LID head"):
         decode_all_languages(MultiSoftmaxRNNTModel(ms_cfg(architecture="vanilla")), sets)
+    found, kept = evaluate_modes(model, sets, ("known", "lid_free", "oracle"), batch_size=6)
+    assert kept is not None and {m: (r.wers, r.cers, r.lid_accuracy, r.t_avg) for m, r in found.items()} == {
+        m: (r.wers, r.cers, r.lid_accuracy, pytest.approx(r.t_avg)) for m, r in rows.items()}
+    assert evaluate_modes(model, sets, ("known",), batch_size=6)[1] is None  # nothing LID-free asked
     png = plot_sweep(points, str(tmp_path / "sweep.png"))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -30,6 +30,7 @@ __all__ = [
     "decode_all_languages",
     "decodes_all_languages",
     "evaluate",
+    "evaluate_modes",
     "format_table",
     "language_cers",
     "language_error_rates",
@@ -228,6 +229,29 @@ def decode_all_languages(model, manifests: Sequence[str], batch_size: int = 8) -
         log_post=torch.nn.utils.rnn.pad_sequence([h.lid_log_posteriors for h in out], batch_first=True),
         lengths=torch.tensor([h.lid_log_posteriors.shape[0] for h in out]),
     )
+
+
+def evaluate_modes(
+    model, manifests: Sequence[str], modes: Sequence[str], batch_size: int = 8, decode_all: bool = False
+) -> tuple[dict[str, EvalResult], AllLanguagesDecoding | None]:
+    """``{mode: EvalResult}`` for each of ``modes``, and the all-languages decoding where one was made.
+
+    A multi-softmax model with a LID head decodes every language once (:func:`decode_all_languages`) for the
+    ``lid_free`` row (at the model's τ, s_th) and the ``oracle`` row, and also when ``decode_all`` (to pass to
+    :func:`sweep`); every other row, and every row of other models, is decoded by :func:`evaluate`.
+    """
+    every = None
+    if decodes_all_languages(model) and (decode_all or {"lid_free", "oracle"} & set(modes)):
+        every = decode_all_languages(model, manifests, batch_size)
+    rows = {}
+    for mode in modes:
+        if every is not None and mode == "lid_free":
+            rows[mode] = every.at(model.multilingual.lid_free.min_frames, model.multilingual.lid_free.threshold)
+        elif every is not None and mode == "oracle":
+            rows[mode] = every.oracle()
+        else:
+            rows[mode] = evaluate(model, manifests, mode, batch_size)
+    return rows, every
 
 
 def sweep(
