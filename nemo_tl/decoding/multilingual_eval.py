@@ -28,7 +28,6 @@ __all__ = [
     "AllLanguagesDecoding",
     "EvalResult",
     "decode_all_languages",
-    "decodes_all_languages",
     "evaluate",
     "evaluate_modes",
     "format_table",
@@ -37,7 +36,6 @@ __all__ = [
     "language_wers",
     "plot_sweep",
     "sweep",
-    "sweep_row",
     "to_json",
     "werr",
 ]
@@ -205,14 +203,14 @@ class AllLanguagesDecoding:
         return path
 
 
-def decodes_all_languages(model) -> bool:
+def _decodes_all_languages(model) -> bool:
     """Whether :func:`decode_all_languages` takes ``model``: a multi-softmax model with a LID head."""
     return bool(getattr(model, "is_multisoftmax", False)) and getattr(model, "lid_head", None) is not None
 
 
 def decode_all_languages(model, manifests: Sequence[str], batch_size: int = 8) -> AllLanguagesDecoding:
     """Decode ``manifests`` (every line with ``lang``) with every language of a multi-softmax ``model`` with a LID head."""
-    if not decodes_all_languages(model):
+    if not _decodes_all_languages(model):
         raise input_error("decoding every language needs a multi-softmax model with a LID head", where="model",
                           fix="use architecture multisoftmax with lid.enabled: true, or evaluate() per setting")
     from nemo_tl.multilingual.transcribe import MultilingualTranscribeConfig
@@ -241,7 +239,7 @@ def evaluate_modes(
     :func:`sweep`); every other row, and every row of other models, is decoded by :func:`evaluate`.
     """
     every = None
-    if decodes_all_languages(model) and (decode_all or {"lid_free", "oracle"} & set(modes)):
+    if _decodes_all_languages(model) and (decode_all or {"lid_free", "oracle"} & set(modes)):
         every = decode_all_languages(model, manifests, batch_size)
     rows = {}
     for mode in modes:
@@ -267,15 +265,15 @@ def sweep(
     """
     if isinstance(manifests, AllLanguagesDecoding):
         every = manifests
-    elif decodes_all_languages(model):
+    elif _decodes_all_languages(model):
         every = decode_all_languages(model, manifests, batch_size)
     else:
-        return [sweep_row(tau, s_th, evaluate(model, manifests, "lid_free", batch_size, min_frames=tau,
+        return [_sweep_row(tau, s_th, evaluate(model, manifests, "lid_free", batch_size, min_frames=tau,
                                               threshold=s_th)) for tau, s_th in settings]
-    return [sweep_row(tau, s_th, every.at(tau, s_th)) for tau, s_th in settings]
+    return [_sweep_row(tau, s_th, every.at(tau, s_th)) for tau, s_th in settings]
 
 
-def sweep_row(tau: float, s_th: float, r: EvalResult) -> dict[str, float]:
+def _sweep_row(tau: float, s_th: float, r: EvalResult) -> dict[str, float]:
     """One point of :func:`sweep`: τ, s_th, average WER and CER, T_avg, LID accuracy."""
     return {"tau": tau, "s_th": s_th, "wer": r.wers["avg"][0], "cer": r.cers["avg"][0], "t_avg": r.t_avg,
             "lid_accuracy": r.lid_accuracy}
