@@ -69,13 +69,18 @@ def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batche
         seen.add(key)
         if key == "replay":
             replay = weight
-        elif key == "lwf":
-            regularization["lwf"] = {"weight": weight, "temperature": lwf_temperature}
-        elif key == "l2sp":
-            regularization["l2sp"] = {"weight": weight}
         else:
-            regularization["ewc"] = {"weight": weight, "manifest": ewc_manifest, "batches": ewc_batches}
+            regularization[key] = regularizer(key, weight, lwf_temperature, ewc_manifest, ewc_batches)
     return replay, regularization
+
+
+def regularizer(method: str, weight: float, lwf_temperature: float, ewc_manifest: str, ewc_batches: int) -> dict:
+    """The ``model.transfer.regularization`` section of one regularizer: ``lwf``, ``l2sp`` or ``ewc``."""
+    if method == "lwf":
+        return {"weight": weight, "temperature": lwf_temperature}
+    if method == "ewc":
+        return {"weight": weight, "manifest": ewc_manifest, "batches": ewc_batches}
+    return {"weight": weight}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,14 +292,13 @@ class Experiment:
         if a.adapter_dim:
             runs.append((0, f"adapters dim {a.adapter_dim}", "adapters", None, {"adapters": {"dim": a.adapter_dim}},
                          False))
-        for i, w in enumerate(floats(a.lwf)):
-            runs.append((i, f"LwF w={w:g} T={a.lwf_temperature:g}", "LwF", None,
-                         {"regularization": {"lwf": {"weight": w, "temperature": a.lwf_temperature}}}, i == 0))
-        for i, w in enumerate(floats(a.l2sp)):
-            runs.append((i, f"L2-SP w={w:g}", "L2-SP", None, {"regularization": {"l2sp": {"weight": w}}}, False))
-        for i, w in enumerate(floats(a.ewc)):
-            ewc = {"weight": w, "manifest": self.corpus[src]["train"], "batches": a.ewc_batches}
-            runs.append((i, f"EWC w={w:g}", "EWC", None, {"regularization": {"ewc": ewc}}, False))
+        methods = (("lwf", "LwF", a.lwf, f" T={a.lwf_temperature:g}"), ("l2sp", "L2-SP", a.l2sp, ""),
+                   ("ewc", "EWC", a.ewc, ""))
+        for key, method, weights, detail in methods:
+            for i, w in enumerate(floats(weights)):
+                section = regularizer(key, w, a.lwf_temperature, self.corpus[src]["train"], a.ewc_batches)
+                runs.append((i, f"{method} w={w:g}{detail}", method, None, {"regularization": {key: section}},
+                             key == "lwf" and i == 0))
         runs = [r[1:] for r in sorted(runs, key=lambda r: r[0])]  # stable: method order within a rank
         for name, method, replay, transfer, average in runs:
             if a.time_limit is not None and time.time() - self.t0 > a.time_limit:
