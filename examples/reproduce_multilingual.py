@@ -354,10 +354,11 @@ def evaluate_multisoftmax(model, test: list[str], args, out: Path, rows: dict, r
     """Known-language, LID-free (default τ, s_th), oracle and the (τ, s_th) sweep of the multi-softmax ``model``.
 
     The LID-free rows come from one decoding of every language (``evaluate_modes``), also written per
-    utterance to ``lid_free_outputs.jsonl``. With ``--save``: the model is saved, restored and swept again.
+    utterance to ``lid_free_outputs.jsonl``. With ``--save``: the model is saved, restored and swept again (its
+    decoding in ``lid_free_outputs_restored.jsonl``).
     Returns the sweep's markdown table.
     """
-    from nemo_tl.decoding.multilingual_eval import evaluate_modes, plot_sweep, sweep
+    from nemo_tl.decoding.multilingual_eval import decode_all_languages, evaluate_modes, plot_sweep, sweep
 
     if args.save:
         from nemo_tl.utils.atomic import atomic_save_to
@@ -376,7 +377,9 @@ def evaluate_multisoftmax(model, test: list[str], args, out: Path, rows: dict, r
         from nemo_tl.models import MultiSoftmaxRNNTModel
 
         restored = MultiSoftmaxRNNTModel.restore_from(str(out / "multisoftmax.nemo"), map_location=model.device)
-        results["sweep_restored"] = sweep(restored.eval(), test, sweep_points(args.sweep), args.eval_batch)
+        every_restored = decode_all_languages(restored.eval(), test, args.eval_batch)
+        every_restored.write_jsonl(str(out / "lid_free_outputs_restored.jsonl"))
+        results["sweep_restored"] = sweep(restored, every_restored, sweep_points(args.sweep))
         changed = [(q["tau"], q["s_th"]) for p_, q in zip(points, results["sweep_restored"]) if p_ != q]
         verdict = "the same sweep" if not changed else f"other results at (τ, s_th) = {changed} (sweep_restored)"
         md.append(f"\nThe model restored from multisoftmax.nemo: {verdict}.")
