@@ -13,14 +13,13 @@ import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 import soundfile as sf
 import torch
 
 from tests.conftest import ROOT
+from tests.forked_commands import run_python_commands
 
 README = os.path.join(ROOT, "README.md")
 
@@ -81,21 +80,25 @@ def tiny(argv: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory):
-    """Runs every command in order in one working directory (the repository's files linked in);
-    returns ``{command index: CompletedProcess}`` and the directory."""
+    """Runs every command in order in one working directory (the repository's files linked in), each in its
+    own process (forked from one that imported NeMo once: :mod:`tests.forked_commands`); returns the
+    directory and ``{the command's first three words: CompletedProcess}``."""
     work = tmp_path_factory.mktemp("journey")
     for name in ("examples", "conf", "nemo_tl"):
         os.symlink(os.path.join(ROOT, name), work / name)
     env = {**os.environ, "PYTHONPATH": ROOT, "HYDRA_FULL_ERROR": "1"}
-    done = {}
+    commands = []
     for i, argv in enumerate(walkthrough()):
         if argv[0] == ".":
-            continue  # activating the virtual environment: sys.executable is it
+            continue  # activating the virtual environment: the test's interpreter is it
         assert argv[0] == "python", f"README walkthrough command {i} is not a python command: {argv}"
-        argv = tiny(argv)
-        proc = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, cwd=work, env=env)
+        commands.append(tiny(argv))
+    done = {}
+    for proc in run_python_commands(commands, cwd=str(work), env=env):
+        argv = proc.args
         assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         done[" ".join(argv[:3])] = proc
+    assert len(done) == len(commands), "the walkthrough stopped early"
     return work, done
 
 
