@@ -96,6 +96,9 @@ def _drive(spec_path: str) -> int:
                     os.close(target)
                 code = _run_child(argv)
             finally:
+                import atexit
+
+                atexit._run_exitfuncs()  # as the interpreter does on exit (os._exit would skip them)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
@@ -104,7 +107,7 @@ def _drive(spec_path: str) -> int:
         with open(f"{log}.rc", "w", encoding="utf-8") as f:
             f.write(str(code))
         if code != 0:
-            return 0
+            break
     return 0
 
 
