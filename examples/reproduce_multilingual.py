@@ -26,7 +26,8 @@ Results are written to ``--out`` as each model finishes.
    with the same sampler (one language per batch, drawn ∝ hours): ``multisoftmax`` (with the LID
    head), and the paper's baselines ``vanilla`` (one union softmax) and ``onehot`` (union softmax,
    language one-hot at the encoder input).
-3. Scores them on the test sets: multi-softmax known-language, LID-free and oracle; vanilla
+3. Scores them on the test sets: the pooled CTC start (greedy, its own union softmax); multi-softmax
+   known-language, LID-free and oracle; vanilla
    (LID-free by construction); onehot (known language). Per-language WER and CER, word- and
    character-weighted averages, WERR and CERR against vanilla, utterance LID accuracy, T_avg; then the (τ, s_th) sweep of the
    multi-softmax model (one decoding serves every point), and with ``--save`` the same sweep of the model
@@ -332,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             pretrained, seconds = pretrain_ctc(cfg, train_manifests, args.pretrain_ctc_steps)
             results["train_seconds"]["ctc_pretrain"] = seconds
             print(f"pooled CTC: trained {args.pretrain_ctc_steps} steps in {seconds:.0f} s", flush=True)
+            # the start every model gets: its CER tells an under-trained start from a weak multilingual model
+            rows["pooled CTC start (greedy)"] = evaluate(pretrained, test, "known", args.eval_batch)
         if pretrained is not None:
             model, seconds = train_from_base(pretrained, cfg, args.steps, args.freeze_encoder_blocks)
         else:
