@@ -1,47 +1,73 @@
 """Run ``python ...`` command lines one after another, each in its own process, with NeMo imported once.
 
 A fresh ``python`` spends most of a tiny command's time importing NeMo (10-20 s on a 2-core CI machine).
-:func:`run_python_commands` starts one driver process that imports ``nemo_tl`` and NeMo's ASR collection,
-then forks one child per command: each child is a separate process with the command's own ``sys.argv``,
-``sys.path[0]``, working directory and environment, run as ``python`` runs it (``-c CODE``, ``-m MODULE``
-or ``SCRIPT``, as ``__main__``), so its state (Hydra, Lightning, logging, torch settings) starts fresh
-and a crash stays in it. Only the modules already imported are shared.
+:func:`run_python_commands` starts one driver process that imports the ``preload`` modules (by default
+NeMo's ASR collection and ``nemo_tl``), then forks one child per command. Each child is a separate
+process that runs its command as ``python`` would (``-c CODE``, ``-m MODULE`` or ``SCRIPT``, as a fresh
+``__main__`` module, with the command's ``sys.argv`` and ``sys.path[0]``), in the working directory and
+environment given, and exits as ``python`` does: it waits for its non-daemon threads, then runs the exit
+handlers registered while it ran (not the driver's: those belong to the modules every child shares). Its
+state (Hydra, Lightning, logging, torch settings) starts fresh and a crash stays in it.
 
-POSIX only (``os.fork``). The driver stops at the first command that fails.
+What a child does not get from a fresh ``python``: the ``preload`` modules are already imported, so a
+command that forgets to import one of them, or relies on a side effect of importing it in a given order,
+passes here. POSIX only (``os.fork``). The driver stops at the first command that fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 
-__all__ = ["run_python_commands"]
+__all__ = ["PRELOAD", "run_python_commands"]
+
+PRELOAD = ("nemo.collections.asr", "nemo_tl")
 
 
-def run_python_commands(commands: list[list[str]], cwd: str, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+def run_python_commands(
+    commands: list[list[str]], cwd: str, env: dict[str, str], preload: tuple[str, ...] = PRELOAD,
+    timeout: float | None = 3600,
+) -> list[subprocess.CompletedProcess]:
     """Run each ``["python", ...]`` of ``commands`` in ``cwd`` in turn; their CompletedProcess, up to the
-    first that fails (its return code non-zero)."""
+    first that fails (its return code non-zero).
+
+    Raises:
+        RuntimeError: the driver itself failed (its output, return code and the command it was running), or
+            ran past ``timeout`` seconds (then it and its children are killed).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         spec = os.path.join(tmp, "commands.json")
         with open(spec, "w", encoding="utf-8") as f:
-            json.dump({"commands": commands, "logs": tmp}, f)
-        driver = subprocess.run([sys.executable, os.path.abspath(__file__), spec], cwd=cwd, env=env,
-                                capture_output=True, text=True)
+            json.dump({"commands": commands, "logs": tmp, "preload": list(preload)}, f)
+        driver = subprocess.Popen([sys.executable, os.path.abspath(__file__), spec], cwd=cwd, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            stdout, stderr = driver.communicate(timeout=timeout)
+            late = None
+        except subprocess.TimeoutExpired:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the command it runs (one session)
+            stdout, stderr = driver.communicate()
+            late = f"ran past {timeout} s"
+
+        def read(path: str) -> str:
+            return open(path, encoding="utf-8", errors="replace").read() if os.path.exists(path) else ""
+
         done = []
         for i, argv in enumerate(commands):
-            code_file = os.path.join(tmp, f"{i}.rc")
-            if not os.path.exists(code_file):
+            log = os.path.join(tmp, str(i))
+            if not os.path.exists(f"{log}.rc"):
+                if late or driver.returncode != 0:
+                    running = " ".join(argv[:3]) if os.path.exists(f"{log}.out") else "none"
+                    raise RuntimeError(
+                        f"the command driver {late or f'exited with {driver.returncode}'} (command {i}: {running})"
+                        f"\n{stdout[-4000:]}\n{stderr[-4000:]}\n{read(f'{log}.out')[-4000:]}\n{read(f'{log}.err')[-4000:]}"
+                    )
                 break
-            with open(code_file, encoding="utf-8") as f:
-                code = int(f.read())
-            out, err = (open(os.path.join(tmp, f"{i}.{s}"), encoding="utf-8", errors="replace").read()
-                        for s in ("out", "err"))
-            done.append(subprocess.CompletedProcess(argv, code, out, err))
-        if driver.returncode != 0 and (not done or done[-1].returncode == 0):
-            raise RuntimeError(f"the command driver failed:\n{driver.stdout[-4000:]}\n{driver.stderr[-4000:]}")
+            done.append(subprocess.CompletedProcess(argv, int(read(f"{log}.rc")), read(f"{log}.out"), read(f"{log}.err")))
         return done
 
 
@@ -49,13 +75,16 @@ def _run_child(argv: list[str]) -> int:
     """Run ``argv`` (``python ...``) in this process as the ``python`` executable would; its exit code."""
     import runpy
     import traceback
+    import types
 
     args = argv[1:]
     try:
         if args[0] == "-c":
             sys.argv = ["-c", *args[2:]]
             sys.path[0] = ""
-            exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+            main = types.ModuleType("__main__")
+            sys.modules["__main__"] = main
+            exec(compile(args[1], "<string>", "exec"), main.__dict__)
         elif args[0] == "-m":
             sys.argv = [args[1], *args[2:]]
             sys.path[0] = os.getcwd()
@@ -75,33 +104,45 @@ def _run_child(argv: list[str]) -> int:
     return 0
 
 
+def _child(argv: list[str], log: str) -> None:
+    """The forked child: output to ``log.out`` / ``log.err``, the command, then exit as the interpreter does."""
+    import atexit
+    import logging
+    import threading
+
+    code = 1
+    try:
+        atexit._clear()  # the driver's handlers: its modules are every child's; the child's own come next
+        atexit.register(logging.shutdown)  # as the logging module registers it on import
+        for fd, suffix in ((1, "out"), (2, "err")):
+            target = os.open(f"{log}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(target, fd)
+            os.close(target)
+        code = _run_child(argv)
+    finally:
+        try:
+            threading._shutdown()  # non-daemon threads finish first, as at interpreter exit
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
 def _drive(spec_path: str) -> int:
+    import importlib
+
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
-    import nemo.collections.asr  # noqa: F401  (the import every command shares)
-
-    import nemo_tl  # noqa: F401
-
+    for name in spec["preload"]:
+        importlib.import_module(name)
     for i, argv in enumerate(spec["commands"]):
         log = os.path.join(spec["logs"], str(i))
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                for fd, suffix in ((1, "out"), (2, "err")):
-                    target = os.open(f"{log}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                    os.dup2(target, fd)
-                    os.close(target)
-                code = _run_child(argv)
-            finally:
-                import atexit
-
-                atexit._run_exitfuncs()  # as the interpreter does on exit (os._exit would skip them)
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+            _child(argv, log)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         with open(f"{log}.rc", "w", encoding="utf-8") as f:

@@ -93,13 +93,11 @@ def journey(tmp_path_factory):
             continue  # activating the virtual environment: the test's interpreter is it
         assert argv[0] == "python", f"README walkthrough command {i} is not a python command: {argv}"
         commands.append(tiny(argv))
-    done = {}
-    for proc in run_python_commands(commands, cwd=str(work), env=env):
-        argv = proc.args
-        assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        done[" ".join(argv[:3])] = proc
-    assert len(done) == len(commands), "the walkthrough stopped early"
-    return work, done
+    ran = run_python_commands(commands, cwd=str(work), env=env)
+    for proc in ran:
+        assert proc.returncode == 0, f"{shlex.join(proc.args)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert len(ran) == len(commands), "the walkthrough stopped early"
+    return work, {" ".join(proc.args[:3]): proc for proc in ran}
 
 
 def output(done: dict, start: str) -> str:
