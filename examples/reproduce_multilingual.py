@@ -189,6 +189,16 @@ def train_from_base(base, cfg, steps: int, freeze_encoder_blocks: int):
     ), steps)
 
 
+def corpus_record(corpus_dir: str, corpus: dict[str, dict[str, str]]) -> dict:
+    """The synthesis backend (``corpus.json``) and the audio's sha256 per manifest (``audio_sha256``): runs on
+    different machines compare their corpora by it."""
+    from nemo_tl.data.manifest import audio_sha256
+
+    summary = json.loads((Path(corpus_dir) / "corpus.json").read_text(encoding="utf-8"))
+    return {"backend": summary.get("backend"), "audio_sha256": {
+        f"{lang}_{split}": audio_sha256(path) for lang, splits in corpus.items() for split, path in splits.items()}}
+
+
 def sweep_points(spec: str) -> list[tuple[float, float]]:
     """``"inf:inf,30:0.5"`` → [(inf, inf), (30.0, 0.5)]: the (τ, s_th) points of ``--sweep``."""
     points = []
@@ -263,14 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     langs = args.langs.split(",")
-    corpus = synthesize_corpus(
-        args.corpus or str(out / "corpus"), langs, hours=args.hours, seed=args.seed, text_source=args.text
-    )
+    corpus_dir = args.corpus or str(out / "corpus")
+    corpus = synthesize_corpus(corpus_dir, langs, hours=args.hours, seed=args.seed, text_source=args.text)
     print(f"corpus in {time.time() - t0:.0f} s", flush=True)
     test = [corpus[lang]["test"] for lang in langs]
 
     base = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "multisoftmax_rnnt.yaml"), resolve=True)["model"]
-    results: dict = {"args": vars(args), "train_seconds": {}, "rows": {}}
+    results: dict = {"args": vars(args), "corpus": corpus_record(corpus_dir, corpus), "train_seconds": {}, "rows": {}}
     rows = {}
     pretrained = None
     train_manifests: list[str] | None = None

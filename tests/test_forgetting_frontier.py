@@ -90,6 +90,9 @@ def test_frontier_table_marks_pareto_points_and_plots(frontier):
     md = (out / "results.md").read_text(encoding="utf-8")
     assert md.count("\n|") >= len(points) + 1 and "Pareto" in md
     assert (out / "frontier.png").stat().st_size > 1000
+    # the corpus is recorded, so that runs on two machines can tell whether they trained on the same audio
+    assert set(results["audio_sha256"]) == {f"{lang}_{split}" for lang in ("en", "de")
+                                             for split in ("train", "dev", "test")}
 
 
 def test_averaging_endpoints_are_the_base_and_the_tuned_model(frontier):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from nemo_tl.data.manifest import flatten_manifest_filepath
+from nemo_tl.data.manifest import audio_sha256, flatten_manifest_filepath
 from nemo_tl.data.mixing import mixed_manifest_paths
 from nemo_tl.data.validate import check_dataset_config
 from nemo_tl.distill.cache import manifest_list
@@ -58,3 +58,29 @@ def test_validation_checks_each_manifest_of_each_form(form, en_manifest, tmp_pat
     assert "0.5" not in str(info.value)
     cfg.manifest_filepath = form(en_manifest, en_manifest)
     assert check_dataset_config(cfg, labels=EN_LABELS, section="train_ds").manifest_filepath == cfg.manifest_filepath
+
+
+def test_audio_sha256_follows_the_audio_not_the_paths(tmp_path):
+    """The same audio under another folder and with relative paths gives the same digest; one changed sample
+    another."""
+    import json
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    for i in range(2):
+        sf.write(tmp_path / "a" / f"{i}.wav", np.full(160, 0.1 * (i + 1), dtype=np.float32), 16000)
+    absolute = tmp_path / "a" / "m.json"
+    absolute.write_text("".join(json.dumps({"audio_filepath": str(tmp_path / "a" / f"{i}.wav"), "duration": 0.01,
+                                            "text": "x"}) + "\n" for i in range(2)), encoding="utf-8")
+    for i in range(2):
+        shutil.copy(tmp_path / "a" / f"{i}.wav", tmp_path / "b" / f"{i}.wav")
+    relative = tmp_path / "b" / "m.json"  # paths relative to the manifest's folder, as NeMo resolves them
+    relative.write_text("".join(json.dumps({"audio_filepath": f"{i}.wav", "duration": 0.01, "text": "x"}) + "\n"
+                                for i in range(2)), encoding="utf-8")
+    assert audio_sha256(str(absolute)) == audio_sha256(str(relative))
+    sf.write(tmp_path / "b" / "1.wav", np.full(160, 0.25, dtype=np.float32), 16000)
+    assert audio_sha256(str(absolute)) != audio_sha256(str(relative))

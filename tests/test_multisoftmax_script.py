@@ -140,6 +140,9 @@ def test_reproduce_runs_the_default_recipe_end_to_end(tmp_path):
     for name, row in results["rows"].items():
         assert set(row["cers"]) == {"en", "de", "avg"}, name
     assert set(results["train_seconds"]) == {"ctc_pretrain", "multisoftmax", "vanilla"}
+    # the corpus is recorded, so that runs on two machines can tell whether they trained on the same audio
+    assert results["corpus"]["backend"] and set(results["corpus"]["audio_sha256"]) == {
+        f"{lang}_{split}" for lang in ("en", "de") for split in ("train", "dev", "test")}
     assert results["sweep_restored"] == results["sweep"] and results["sweep"][0]["tau"] is None  # null: ∞
     table = (out / "results.md").read_text(encoding="utf-8")
     assert "pooled CTC start (greedy)" in table and "the same sweep" in table

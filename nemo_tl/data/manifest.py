@@ -65,6 +65,19 @@ def resolve_audio_path(audio_file: str, manifest_path: str) -> str:
     return get_full_path(audio_file=audio_file, manifest_file=manifest_path)
 
 
+def audio_sha256(manifest_path: str) -> str:
+    """sha256 of the bytes of every audio file ``manifest_path`` lists, in its order (paths resolved as NeMo
+    resolves them): two machines that synthesized or copied a corpus tell by it whether they hold the same
+    audio, whatever the paths."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for entry in read_manifest(manifest_path):
+        with open(resolve_audio_path(entry["audio_filepath"], manifest_path), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
 def flatten_manifest_filepath(value: Any, where: str = "manifest_filepath") -> list[str]:
     """Every manifest path in a dataset's ``manifest_filepath``, in order: the one parser of that key.
 
