@@ -114,6 +114,8 @@ def _child(argv: list[str], log: str) -> None:
     try:
         atexit._clear()  # the driver's handlers: its modules are every child's; the child's own come next
         atexit.register(logging.shutdown)  # as the logging module registers it on import
+        if "multiprocessing.util" in sys.modules:  # as multiprocessing does: its children are ended at exit
+            atexit.register(sys.modules["multiprocessing.util"]._exit_function)
         for fd, suffix in ((1, "out"), (2, "err")):
             target = os.open(f"{log}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(target, fd)
