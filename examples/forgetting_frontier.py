@@ -160,10 +160,9 @@ class Experiment:
             self.labels += [c for c in labels_for(lang) if c not in self.labels]
         self.results: dict = {"args": vars(args), "device": _device_name(), "languages": langs}
         if not args.manifests:  # a synthesized corpus: runs on different machines compare theirs by it
-            from nemo_tl.data.manifest import audio_sha256
+            from nemo_tl.data.manifest import corpus_audio_sha256
 
-            self.results["audio_sha256"] = {f"{lang}_{split}": audio_sha256(path)
-                                            for lang, splits in self.corpus.items() for split, path in splits.items()}
+            self.results["audio_sha256"] = corpus_audio_sha256(self.corpus)
         self.base_path = self._base()
 
     # ------------------------------------------------------------------ data and base

@@ -192,11 +192,10 @@ def train_from_base(base, cfg, steps: int, freeze_encoder_blocks: int):
 def corpus_record(corpus_dir: str, corpus: dict[str, dict[str, str]]) -> dict:
     """The synthesis backend (``corpus.json``) and the audio's sha256 per manifest (``audio_sha256``): runs on
     different machines compare their corpora by it."""
-    from nemo_tl.data.manifest import audio_sha256
+    from nemo_tl.data.manifest import corpus_audio_sha256
 
     summary = json.loads((Path(corpus_dir) / "corpus.json").read_text(encoding="utf-8"))
-    return {"backend": summary.get("backend"), "audio_sha256": {
-        f"{lang}_{split}": audio_sha256(path) for lang, splits in corpus.items() for split, path in splits.items()}}
+    return {"backend": summary.get("backend"), "audio_sha256": corpus_audio_sha256(corpus)}
 
 
 def sweep_points(spec: str) -> list[tuple[float, float]]:
