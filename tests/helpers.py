@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -72,3 +73,18 @@ def count_calls(fn) -> tuple[int, object]:
     finally:
         sys.setprofile(None)
     return calls, result
+
+
+def strict_loads(text: str, where: str = "the text"):
+    """``json.loads`` that refuses NaN and Infinity, as strict parsers (JavaScript, Go, jq) do."""
+
+    def refuse(constant):
+        raise ValueError(f"{where} holds {constant}, which is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def strict_json(path) -> object:
+    """The file ``path`` parsed by :func:`strict_loads`."""
+    with open(path, encoding="utf-8") as f:
+        return strict_loads(f.read(), where=str(path))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -13,16 +12,8 @@ from nemo_tl.decoding.multilingual_eval import EvalResult, evaluate, format_tabl
 from nemo_tl.evaluation import forgetting_table, to_strict_json
 from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
 from tests.conftest import ROOT
+from tests.helpers import strict_loads
 from tests.test_multisoftmax_model import TEXTS, ms_cfg
-
-
-def strict_loads(text: str):
-    """``json.loads`` that refuses NaN and Infinity, as strict parsers (JavaScript, Go, jq) do."""
-
-    def refuse(constant):
-        raise ValueError(f"{constant} is not JSON")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_forgetting_table_against_a_zero_wer_base():

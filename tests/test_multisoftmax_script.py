@@ -14,6 +14,7 @@ from nemo_tl.data.synthetic import make_tone_manifest
 from nemo_tl.errors import InputError
 from nemo_tl.models.multisoftmax_rnnt import MultiSoftmaxRNNTModel
 from tests.conftest import CONF, ROOT
+from tests.helpers import strict_json
 from tests.test_multisoftmax_model import TEXTS
 from tests.test_multisoftmax_pretrained import same
 
@@ -124,17 +125,12 @@ def test_reproduce_runs_the_default_recipe_end_to_end(tmp_path):
     """reproduce_multilingual.py with its default recipe (pooled CTC start, from_base, aux CTC) on a tiny
     synthesized corpus: every row of the table and the sweep, in results.md and strict results.json, the
     saved model decoded as the trained one."""
-    import json
 
     out = tmp_path / "out"
     argv = ["--out", str(out), "--langs", "en,de", "--hours", "0.004", "--steps", "2", "--batch", "2",
             "--layers", "1", "--pretrain-ctc-steps", "2", "--eval-batch", "4", "--sweep", "inf:inf,5:0.5", "--save"]
     assert _reproduce_script().main(argv) == 0
-
-    def refuse(constant):
-        raise ValueError(f"not strict JSON: {constant}")
-
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"), parse_constant=refuse)
+    results = strict_json(out / "results.json")
     assert list(results["rows"]) == ["pooled CTC start (greedy)", "multisoftmax (known)", "multisoftmax (lid_free)",
                                      "multisoftmax (oracle)", "vanilla (LID-free)"]
     for name, row in results["rows"].items():

@@ -20,6 +20,7 @@ import torch
 
 from tests.conftest import ROOT
 from tests.forked_commands import run_python_commands
+from tests.helpers import strict_json
 
 README = os.path.join(ROOT, "README.md")
 
@@ -134,11 +135,7 @@ def test_finetuned_german_model_keeps_the_german_alphabet(journey):
 
 def test_evaluate_writes_strict_json_and_the_forgetting_table(journey):
     work, done = journey
-
-    def refuse(constant):
-        raise ValueError(f"not strict JSON: {constant}")
-
-    result = json.loads((work / "de_eval.json").read_text(encoding="utf-8"), parse_constant=refuse)
+    result = strict_json(work / "de_eval.json")
     assert set(result) == {"tuned", "base", "comparison"}
     assert {os.path.basename(m) for m in result["comparison"]} == {"de_dev.json", "en_dev.json"}
     assert "rel. change" in output(done, "python examples/evaluate_ctc.py")

@@ -18,7 +18,7 @@ from nemo_tl.models import TransferCTCModel
 from nemo_tl.transfer import introspect
 from nemo_tl.transfer.vocabulary import shared_label_rows
 from tests.conftest import DE_LABELS, EN_LABELS, ROOT
-from tests.helpers import fit
+from tests.helpers import fit, strict_json
 
 
 def run(*args: str, cwd: str) -> subprocess.CompletedProcess:
@@ -102,16 +102,6 @@ def test_introspection_reports_no_change_in_frozen_blocks(tmp_path, base_nemo, e
     assert rows["decoder.decoder_layers.0.weight"]["relative_change"] > 0.0
     for png in ("weights.png", "weight_changes.png"):
         assert open(os.path.join(out, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def strict_json(path: str):
-    """``path`` parsed as strict JSON: NaN, Infinity and -Infinity are errors, as in most parsers."""
-
-    def refuse(constant):
-        raise ValueError(f"{path} holds {constant}, which is not JSON")
-
-    with open(path, encoding="utf-8") as f:
-        return json.loads(f.read(), parse_constant=refuse)
 
 
 def test_evaluate_script_writes_strict_json_when_the_base_is_perfect(tmp_path, base_nemo, en_manifest):
