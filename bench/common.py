@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import gc
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -37,6 +34,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 GIB = 1024**3
+
+from nemo_tl.utils.environment import environment  # noqa: E402, F401  (every bench's header)
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -70,44 +70,6 @@ def finish_args(args: argparse.Namespace, *, precisions: Sequence[str], warmup: 
         from nemo.utils import logging as nemo_logging
 
         nemo_logging.setLevel(nemo_logging.ERROR)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "-C", ROOT, "status", "--porcelain"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment(device: str) -> dict[str, Any]:
-    """The header of every result: device name, UTC date, torch / CUDA / NeMo / Python versions."""
-    import nemo
-
-    env: dict[str, Any] = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "nemo": nemo.__version__,
-        "python": platform.python_version(),
-        "git": _git_commit(),
-        "device_kind": "cuda" if device.startswith("cuda") else "cpu",
-    }
-    if device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(torch.device(device))
-        env["gpu"] = props.name
-        env["gpu_memory_gib"] = round(props.total_memory / GIB, 1)
-        env["cudnn"] = torch.backends.cudnn.version()
-        env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
-    else:
-        env["gpu"] = None
-        env["cpu"] = platform.processor() or platform.machine()
-    return env
 
 
 def print_environment(env: dict[str, Any], title: str) -> None:

@@ -158,7 +158,10 @@ class Experiment:
         self.labels = []
         for lang in langs[1:] + langs[:1]:
             self.labels += [c for c in labels_for(lang) if c not in self.labels]
-        self.results: dict = {"args": vars(args), "device": _device_name(), "languages": langs}
+        from nemo_tl.utils.environment import environment
+
+        self.results: dict = {"args": vars(args), "device": _device_name(), "languages": langs,
+                              "environment": environment("cuda" if torch.cuda.is_available() else "cpu")}
         if not args.manifests:  # a synthesized corpus: runs on different machines compare theirs by it
             from nemo_tl.data.manifest import corpus_audio_sha256
 

@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
     p.add_argument("--lid-weight", type=float, default=None,
                    help="model.lid.weight: loss = RNN-T + weight * frame-level LID CE (default: the config's)")
-    p.add_argument("--save", action="store_true", help="also write the multi-softmax model to OUT/multisoftmax.nemo")
+    p.add_argument("--save", action="store_true",
+                   help="also write the multi-softmax model to OUT/multisoftmax.nemo and the pooled CTC start to "
+                   "OUT/pooled_ctc.nemo (a --base for later runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-ratio", type=float, default=None, help="optim.sched.warmup_ratio (default: the config's)")
     p.add_argument(
@@ -251,7 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         help="N > 0: pre-train a CTC model over the union alphabet on all languages pooled for N steps, then start "
         "every model from it (from_base); 0: from scratch",
     )
-    p.add_argument("--freeze-encoder-blocks", type=int, default=0, help="with --pretrain-ctc-steps: frozen blocks")
+    p.add_argument(
+        "--base", default=None,
+        help="start every model from this pretrained NeMo ASR model instead (a .nemo path or a NeMo model name: CTC, "
+        "RNN-T or hybrid, characters or subwords; e.g. OUT/pooled_ctc.nemo of an earlier --save run); "
+        "--pretrain-ctc-steps is then not used",
+    )
+    p.add_argument("--freeze-encoder-blocks", type=int, default=0,
+                   help="with --pretrain-ctc-steps or --base: encoder blocks kept frozen")
     p.add_argument(
         "--aux-ctc-weight", type=float, default=0.3,
         help="model.aux_ctc.ctc_loss_weight w: loss = (1 - w) RNN-T + w CTC over the union labels (0: off)",
@@ -278,9 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     test = [corpus[lang]["test"] for lang in langs]
 
     base = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "multisoftmax_rnnt.yaml"), resolve=True)["model"]
-    results: dict = {"args": vars(args), "corpus": corpus_record(corpus_dir, corpus), "train_seconds": {}, "rows": {}}
+    from nemo_tl.utils.environment import environment
+
+    results: dict = {"args": vars(args), "environment": environment("cuda" if torch.cuda.is_available() else "cpu"),
+                     "corpus": corpus_record(corpus_dir, corpus), "train_seconds": {}, "rows": {}}
     rows = {}
     pretrained = None
+    if args.base:
+        from nemo_tl.multilingual.pretrained import load_multilingual_base
+
+        pretrained = load_multilingual_base(args.base, where="--base")
     train_manifests: list[str] | None = None
 
     sweep_md = ""
@@ -333,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg.aux_ctc = {"ctc_loss_weight": args.aux_ctc_weight}
         if train_manifests is None:  # the lines CTC (pre-training, aux_ctc) cannot align are left out once, printed
             train_manifests = [corpus[lang]["train"] for lang in langs]
-            if args.pretrain_ctc_steps > 0 or args.aux_ctc_weight > 0:
+            if pretrained is not None and args.aux_ctc_weight > 0:  # frames of the base's own encoder
+                check_cfg = cfg.copy()
+                check_cfg.preprocessor, check_cfg.encoder = pretrained.cfg.preprocessor, pretrained.cfg.encoder
+                train_manifests = ctc_alignable(check_cfg, train_manifests, out)
+            elif pretrained is None and (args.pretrain_ctc_steps > 0 or args.aux_ctc_weight > 0):
                 train_manifests = ctc_alignable(cfg, train_manifests, out)
         cfg.train_ds.manifest_filepath = train_manifests
         torch.manual_seed(args.seed)
@@ -343,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pooled CTC: trained {args.pretrain_ctc_steps} steps in {seconds:.0f} s", flush=True)
             # the start every model gets: its CER tells an under-trained start from a weak multilingual model
             rows["pooled CTC start (greedy)"] = evaluate(pretrained, test, "known", args.eval_batch)
+            if args.save:
+                from nemo_tl.utils.atomic import atomic_save_to
+
+                atomic_save_to(pretrained, str(out / "pooled_ctc.nemo"))
         if pretrained is not None:
             model, seconds = train_from_base(pretrained, cfg, args.steps, args.freeze_encoder_blocks)
         else:

@@ -142,3 +142,17 @@ def test_reproduce_runs_the_default_recipe_end_to_end(tmp_path):
     assert results["sweep_restored"] == results["sweep"] and results["sweep"][0]["tau"] is None  # null: ∞
     table = (out / "results.md").read_text(encoding="utf-8")
     assert "pooled CTC start (greedy)" in table and "the same sweep" in table
+    # what it ran with: the versions and the host's kernel tell two machines' runs apart
+    assert {"torch", "nemo", "kernel", "device_kind"} <= set(results["environment"])
+
+    # the saved start is a --base: a second run starts from it without pre-training
+    assert (out / "pooled_ctc.nemo").is_file()
+    out2 = tmp_path / "out2"
+    argv2 = ["--out", str(out2), "--corpus", str(out / "corpus"), "--langs", "en,de", "--hours", "0.004",
+             "--steps", "2", "--batch", "2", "--base", str(out / "pooled_ctc.nemo"), "--architectures", "multisoftmax",
+             "--eval-batch", "4", "--sweep", "inf:inf"]
+    assert _reproduce_script().main(argv2) == 0
+    second = strict_json(out2 / "results.json")
+    assert list(second["rows"]) == ["multisoftmax (known)", "multisoftmax (lid_free)", "multisoftmax (oracle)"]
+    assert set(second["train_seconds"]) == {"multisoftmax"}
+    assert second["corpus"] == results["corpus"]
