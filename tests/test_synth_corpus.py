@@ -231,3 +231,57 @@ def test_missing_backend_names_the_fix(monkeypatch):
     monkeypatch.setattr(synth_corpus.ctypes.util, "find_library", lambda name: None)
     with pytest.raises(InputError, match=r"apt-get install espeak-ng.*pip install espeakng-loader"):
         get_backend("auto")
+
+
+def _synth_into(out: str, log: str | None = None) -> None:
+    import contextlib
+
+    with open(log or os.devnull, "w") as f, contextlib.redirect_stdout(f):
+        synthesize_corpus(out, ["en"], utterances=12, seed=3, jobs=1)
+
+
+def test_same_request_reuses_the_corpus_and_a_changed_file_is_synthesized_again(tmp_path, capsys):
+    """A corpus already in the folder with the same request and the same audio is reused (nothing rewritten);
+    a damaged wav or another request makes it synthesize again, to the same audio as before."""
+    out = str(tmp_path)
+    first = synthesize_corpus(out, ["en"], utterances=12, seed=3, jobs=1)
+    wavs = [e["audio_filepath"] for e in read_manifest(first["en"]["train"])]
+    before = {w: (os.stat(w).st_mtime_ns, open(w, "rb").read()) for w in wavs}
+    capsys.readouterr()
+    assert synthesize_corpus(out, ["en"], utterances=12, seed=3, jobs=2) == first  # jobs do not change the audio
+    assert "reused" in capsys.readouterr().out
+    assert {w: (os.stat(w).st_mtime_ns, open(w, "rb").read()) for w in wavs} == before
+
+    with open(wavs[0], "r+b") as f:  # a damaged file: synthesized again
+        f.seek(100)
+        f.write(b"\x00\x01" * 50)
+    assert synthesize_corpus(out, ["en"], utterances=12, seed=3, jobs=1) == first
+    assert "reused" not in capsys.readouterr().out
+    assert open(wavs[0], "rb").read() == before[wavs[0]][1]
+
+    synthesize_corpus(out, ["en"], utterances=12, seed=4, jobs=1)  # another request
+    assert "reused" not in capsys.readouterr().out
+    assert [e["audio_filepath"] for e in read_manifest(first["en"]["train"])] == wavs  # same names, new audio
+    assert open(wavs[0], "rb").read() != before[wavs[0]][1]
+
+
+def test_two_processes_synthesizing_one_folder_both_get_the_whole_corpus(tmp_path):
+    """Two synthesizers started on one folder at once: the second waits for the first and reuses its corpus,
+    instead of deleting the audio the first is writing."""
+    out = str(tmp_path / "shared")
+    ctx = multiprocessing.get_context("fork")
+    logs = [str(tmp_path / f"log{i}.txt") for i in range(2)]
+    procs = [ctx.Process(target=_synth_into, args=(out, log)) for log in logs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted("reused" in open(log).read() for log in logs) == [False, True]  # one synthesized, one reused
+    alone = str(tmp_path / "alone")
+    _synth_into(alone)
+    from nemo_tl.data.manifest import audio_sha256
+
+    for split in ("train", "dev", "test"):
+        shared_manifest = os.path.join(out, "en", f"en_{split}.json")
+        assert audio_sha256(shared_manifest) == audio_sha256(os.path.join(alone, "en", f"en_{split}.json"))

@@ -10,7 +10,12 @@ Writes, for each language code ``L`` given, ``DIR/L/L_{train,dev,test}.json`` (N
 with ``audio_filepath`` (absolute), ``duration``, ``text``, ``lang``; the language in the file
 name keeps NeMo's per-set validation names, the manifest stems, apart), the 16 kHz mono 16-bit
 wavs under ``DIR/L/<split>/``, and ``DIR/corpus.json`` (hours and utterances per language and
-split, backend, the exact command).
+split, backend, the exact command, the request and each manifest's audio sha256).
+
+Run again on the same ``DIR`` with the same request (languages, size, seed, texts, splits, backend
+and its version), the corpus there is reused when every manifest's audio still has its recorded
+sha256; otherwise it is synthesized again. One process synthesizes into a folder at a time (a lock
+file, ``DIR/.synth_corpus.lock``): a second one started meanwhile waits, then reuses the corpus.
 
 Languages: en, de, es, ru, hi, ta, gu, and any English accent voice of the installed espeak-ng
 (en-us, en-gb, en-gb-scotland, en-029, en-gb-x-rp, en-gb-x-gbclan, en-gb-x-gbcwmd, en-us-nyc).
@@ -36,6 +41,7 @@ reproducible with espeak-ng up to 1.51 only, as 1.52 seeds its noise with the ti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -47,6 +53,7 @@ import shutil
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from glob import glob
@@ -479,6 +486,70 @@ def synthesize_corpus(
     voice_of = {lang: voice_for(lang, voices) for lang in langs}
     out_dir = os.path.abspath(out_dir)
 
+    os.makedirs(out_dir, exist_ok=True)
+    request = {"langs": langs, "hours": hours, "utterances": utterances, "seed": seed, "text_source": text_source,
+               "splits": dict(splits), "backend": _describe_apart(engine)}
+    # one synthesis at a time per folder: a second process waits, then reuses what the first wrote
+    with _folder_lock(out_dir):
+        reused = _reusable(out_dir, request)
+        if reused is not None:
+            print(f"synth_corpus: {out_dir} already holds this corpus (same request, same audio): reused", flush=True)
+            return reused
+        return _synthesize(out_dir, langs, hours, utterances, seed, text_source, splits, jobs, backend, engine,
+                           variants, voice_of, request)
+
+
+def _describe_apart(engine: LibEspeak | CliEspeak) -> dict:
+    """``engine.describe()`` (its version needs the library initialized) in a forked process: the workers fork
+    from this one, and an initialized library here would be theirs."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(engine.describe)
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: str) -> Iterator[None]:
+    """An exclusive lock on ``out_dir`` (``fcntl.flock`` on ``.synth_corpus.lock``, released if the process
+    dies): two synthesizers writing one folder would delete each other's audio."""
+    import fcntl
+
+    with open(os.path.join(out_dir, ".synth_corpus.lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"synth_corpus: another process is synthesizing into {out_dir}; waiting for it", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _reusable(out_dir: str, request: dict) -> dict[str, dict[str, str]] | None:
+    """The manifests of the corpus already in ``out_dir`` if ``corpus.json`` records the same ``request``
+    and every manifest's audio still has the sha256 recorded at synthesis; None otherwise."""
+    from nemo_tl.data.manifest import audio_sha256
+
+    try:
+        with open(os.path.join(out_dir, "corpus.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        if summary.get("request") != json.loads(json.dumps(request)):
+            return None
+        manifests: dict[str, dict[str, str]] = {}
+        for lang in request["langs"]:
+            for split, info in summary["languages"][lang]["splits"].items():
+                if audio_sha256(info["manifest"]) != info["audio_sha256"]:
+                    return None
+                manifests.setdefault(lang, {})[split] = info["manifest"]
+        return manifests
+    except (OSError, KeyError, TypeError, ValueError):  # missing, older or damaged: synthesize again
+        return None
+
+
+def _synthesize(out_dir, langs, hours, utterances, seed, text_source, splits, jobs, backend, engine, variants,
+                voice_of, request) -> dict[str, dict[str, str]]:
+    """The synthesis itself (:func:`synthesize_corpus`, under its folder lock)."""
+    from nemo_tl.data.manifest import audio_sha256
+
     est_utts = utterances if utterances is not None else int(hours * 3600 / 1.5)
     pool_size = int(min(50000, max(2000, 2 * est_utts)))
     state = {}  # (lang, split) -> dict(texts, done entries, seconds, next index, target)
@@ -547,6 +618,7 @@ def synthesize_corpus(
     manifests: dict[str, dict[str, str]] = {}
     summary = {
         "command": _command(out_dir, langs, hours, utterances, seed, text_source, splits, jobs, backend),
+        "request": request,
         "seed": seed,
         "text_source": text_source,
         "sample_rate": SAMPLE_RATE,
@@ -570,12 +642,15 @@ def synthesize_corpus(
                 "utterances": len(st["entries"]),
                 "hours": round(st["seconds"] / 3600, 4),
                 "distinct_texts": len({e["text"] for e in st["entries"]}),
+                "audio_sha256": audio_sha256(path),
             }
         info["hours"] = round(sum(s["hours"] for s in info["splits"].values()), 4)
         info["utterances"] = sum(s["utterances"] for s in info["splits"].values())
         summary["languages"][lang] = info
-    with open(os.path.join(out_dir, "corpus.json"), "w", encoding="utf-8") as f:
+    tmp = os.path.join(out_dir, "corpus.json.tmp")  # written last and whole: its presence means a complete corpus
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(summary, f, ensure_ascii=False, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "corpus.json"))
     return manifests
 
 
