@@ -9,7 +9,9 @@ one CTC model over the union alphabet on every language pooled (same preprocesso
 each multilingual model starts from it (``MultiSoftmaxRNNTModel.from_base``;
 ``--freeze-encoder-blocks k``) and trains with an auxiliary CTC loss over the union labels on the
 shared encoder (``model.aux_ctc``, started from the pre-trained CTC decoder). About 4 minutes per
-model on one H200, pre-training included. Every training manifest is checked first, its transcripts
+model on one H200, pre-training included. ``--save`` also writes that start to ``OUT/pooled_ctc.nemo``;
+``--base PATH_OR_NAME`` starts every model from such a file, or from any pretrained NeMo ASR model,
+instead of pre-training. Every training manifest is checked first, its transcripts
 counted in CTC frames: a line the encoder cannot align (a few synthesized sentences are spoken
 faster than one 40 ms frame per character) is left out of training through ``skip_invalid`` and
 printed with the count; the files are never changed, and the test sets are kept whole. Digit words with a BatchNorm QuartzNet from scratch (docs/RESULTS.md,
