@@ -163,9 +163,10 @@ class Experiment:
         self.results: dict = {"args": vars(args), "device": _device_name(), "languages": langs,
                               "environment": environment("cuda" if torch.cuda.is_available() else "cpu")}
         if not args.manifests:  # a synthesized corpus: runs on different machines compare theirs by it
-            from nemo_tl.data.manifest import corpus_audio_sha256
+            from nemo_tl.data.synth_corpus import recorded_audio_sha256
 
-            self.results["audio_sha256"] = corpus_audio_sha256(self.corpus)
+            self.results["audio_sha256"] = {
+                key: digest for lang in langs for key, digest in recorded_audio_sha256(self._corpus_dir(lang)).items()}
         self.base_path = self._base()
 
     # ------------------------------------------------------------------ data and base
@@ -186,11 +187,14 @@ class Experiment:
         corpus = {}
         for i, lang in enumerate(self.langs):
             hours = None if self.args.utterances else (self.args.source_hours if i == 0 else self.args.target_hours)
-            corpus.update(synthesize_corpus(str(self.work / f"corpus_{lang}"), [lang], hours=hours,
+            corpus.update(synthesize_corpus(self._corpus_dir(lang), [lang], hours=hours,
                                             utterances=self.args.utterances, seed=self.args.seed + i,
                                             text_source=self.args.text))
         self.log(f"corpus ({', '.join(self.langs)})")
         return corpus
+
+    def _corpus_dir(self, lang: str) -> str:
+        return str(self.work / f"corpus_{lang}")
 
     def _base(self) -> Path:
         if self.args.base:

@@ -191,13 +191,13 @@ def train_from_base(base, cfg, steps: int, freeze_encoder_blocks: int):
     ), steps)
 
 
-def corpus_record(corpus_dir: str, corpus: dict[str, dict[str, str]]) -> dict:
-    """The synthesis backend (``corpus.json``) and the audio's sha256 per manifest (``audio_sha256``): runs on
+def corpus_record(corpus_dir: str) -> dict:
+    """The synthesis backend and the audio's sha256 per manifest, as ``corpus.json`` records them: runs on
     different machines compare their corpora by it."""
-    from nemo_tl.data.manifest import corpus_audio_sha256
+    from nemo_tl.data.synth_corpus import recorded_audio_sha256
 
     summary = json.loads((Path(corpus_dir) / "corpus.json").read_text(encoding="utf-8"))
-    return {"backend": summary.get("backend"), "audio_sha256": corpus_audio_sha256(corpus)}
+    return {"backend": summary.get("backend"), "audio_sha256": recorded_audio_sha256(corpus_dir)}
 
 
 def sweep_points(spec: str) -> list[tuple[float, float]]:
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     from nemo_tl.utils.environment import environment
 
     results: dict = {"args": vars(args), "environment": environment("cuda" if torch.cuda.is_available() else "cpu"),
-                     "corpus": corpus_record(corpus_dir, corpus), "train_seconds": {}, "rows": {}}
+                     "corpus": corpus_record(corpus_dir), "train_seconds": {}, "rows": {}}
     rows = {}
     pretrained = None
     if args.base:

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from nemo_tl.data import synth_corpus
+from nemo_tl.data.manifest import audio_sha256
 from nemo_tl.data.synth_corpus import (
     Utterance,
     describe_backend,
@@ -245,6 +246,9 @@ def test_same_request_reuses_the_corpus_and_a_changed_file_is_synthesized_again(
     a damaged wav or another request makes it synthesize again, to the same audio as before."""
     out = str(tmp_path)
     first = synthesize_corpus(out, ["en"], utterances=12, seed=3, jobs=1)
+    # what the scripts report as the corpus's identity is the audio's own digest
+    assert synth_corpus.recorded_audio_sha256(out) == {f"en_{split}": audio_sha256(path)
+                                                       for split, path in first["en"].items()}
     wavs = [e["audio_filepath"] for e in read_manifest(first["en"]["train"])]
     before = {w: (os.stat(w).st_mtime_ns, open(w, "rb").read()) for w in wavs}
     capsys.readouterr()
@@ -280,7 +284,6 @@ def test_two_processes_synthesizing_one_folder_both_get_the_whole_corpus(tmp_pat
     assert sorted("reused" in open(log).read() for log in logs) == [False, True]  # one synthesized, one reused
     alone = str(tmp_path / "alone")
     _synth_into(alone)
-    from nemo_tl.data.manifest import audio_sha256
 
     for split in ("train", "dev", "test"):
         shared_manifest = os.path.join(out, "en", f"en_{split}.json")

@@ -78,12 +78,6 @@ def audio_sha256(manifest_path: str) -> str:
     return h.hexdigest()
 
 
-def corpus_audio_sha256(corpus: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """:func:`audio_sha256` of each manifest of ``corpus`` ``{lang: {split: manifest}}`` (as
-    ``synthesize_corpus`` returns it), keyed ``"<lang>_<split>"``."""
-    return {f"{lang}_{split}": audio_sha256(path) for lang, splits in corpus.items() for split, path in splits.items()}
-
-
 def flatten_manifest_filepath(value: Any, where: str = "manifest_filepath") -> list[str]:
     """Every manifest path in a dataset's ``manifest_filepath``, in order: the one parser of that key.
 

@@ -499,6 +499,16 @@ def synthesize_corpus(
                            variants, voice_of, request)
 
 
+def recorded_audio_sha256(out_dir: str) -> dict[str, str]:
+    """The sha256 of each manifest's audio (:func:`nemo_tl.data.manifest.audio_sha256`) as
+    :func:`synthesize_corpus` recorded it in ``out_dir/corpus.json``, keyed ``"<lang>_<split>"``: computed
+    when the audio was written and checked whenever the corpus is reused."""
+    with open(os.path.join(out_dir, "corpus.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    return {f"{lang}_{split}": info["audio_sha256"]
+            for lang, lang_info in summary["languages"].items() for split, info in lang_info["splits"].items()}
+
+
 def _describe_apart(engine: LibEspeak | CliEspeak) -> dict:
     """``engine.describe()`` (its version needs the library initialized) in a forked process: the workers fork
     from this one, and an initialized library here would be theirs."""
