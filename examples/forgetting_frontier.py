@@ -161,7 +161,7 @@ class Experiment:
         from nemo_tl.utils.environment import environment
 
         self.results: dict = {"args": vars(args), "device": _device_name(), "languages": langs,
-                              "environment": environment("cuda" if torch.cuda.is_available() else "cpu")}
+                              "environment": environment()}
         if not args.manifests:  # a synthesized corpus: runs on different machines compare theirs by it
             from nemo_tl.data.synth_corpus import recorded_audio_sha256
 

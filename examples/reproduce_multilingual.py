@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     base = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "multisoftmax_rnnt.yaml"), resolve=True)["model"]
     from nemo_tl.utils.environment import environment
 
-    results: dict = {"args": vars(args), "environment": environment("cuda" if torch.cuda.is_available() else "cpu"),
+    results: dict = {"args": vars(args), "environment": environment(),
                      "corpus": corpus_record(corpus_dir), "train_seconds": {}, "rows": {}}
     rows = {}
     pretrained = None

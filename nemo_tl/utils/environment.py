@@ -28,11 +28,15 @@ def git_commit(root: str | Path = ROOT) -> str | None:
         return None
 
 
-def environment(device: str) -> dict[str, Any]:
+def environment(device: str | None = None) -> dict[str, Any]:
     """UTC date, torch / CUDA / cuDNN / NeMo / numba / Python versions, the host's kernel release (it tells
-    the machine's runtime) and, on ``cuda``, the GPU's name and memory; on ``cpu`` the processor."""
+    the machine's runtime) and, on ``cuda``, the GPU's name and memory; on ``cpu`` the processor.
+    ``device`` None: ``cuda`` where a GPU is visible, else ``cpu``."""
     import nemo
     import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
 
     env: dict[str, Any] = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
