@@ -8,8 +8,8 @@ config path with its ``model.transfer.regularization`` section: plain (no sectio
 frozen base runs on every batch), LwF cached (the base's outputs arrive with the batch, as the
 teacher-cache loader delivers them), L2-SP and EWC (Fisher from a small tone manifest, computed
 before timing). Batch 32 of 10 s random audio, 150-character transcripts; one step is
-``on_train_batch_start``, ``training_step`` under autocast, ``backward``, NovoGrad step, variants
-interleaved (bench/common.py). ``base forward`` times the frozen base alone on the batch.
+``on_train_batch_start``, ``training_step`` under autocast, ``backward``, ``on_before_optimizer_step``
+(where L2-SP and EWC add their gradients), NovoGrad step, variants interleaved (bench/common.py). ``base forward`` times the frozen base alone on the batch.
 
 Goals (issue 19): LwF cached ≤ 1.10x plain; LwF online ≤ 1 + base forward / plain step + 0.05;
 L2-SP and EWC ≤ 1.05x.

@@ -211,8 +211,9 @@ def training_step_variant(
     """A Variant whose step is one Lightning training step without the Trainer, the same for every model.
 
     zero_grad; the model's ``on_train_batch_start`` hook; forward + loss (``model.training_step``)
-    under autocast; backward through the model's ``backward`` hook; optimizer step. The hooks are
-    where nemo_tl's non-finite step guard works (NeMo's models inherit Lightning's plain ones).
+    under autocast; backward through the model's ``backward`` hook; the model's
+    ``on_before_optimizer_step`` hook; optimizer step. The hooks are where nemo_tl's non-finite step
+    guard and the L2-SP/EWC gradients work (NeMo's models inherit Lightning's plain ones, no-ops).
     """
     counter = {"n": 0}
 
@@ -227,6 +228,7 @@ def training_step_variant(
         with autocast(device, precision):
             loss = fn(model, batch, counter["n"])
         model.backward(loss)
+        model.on_before_optimizer_step(optimizer)
         optimizer.step()
         counter["n"] += 1
 

@@ -17,6 +17,7 @@ from nemo_tl.transfer.config import TransferConfig
 from nemo_tl.transfer.regularization import (
     EWCConfig,
     RegularizationConfig,
+    add_penalty_gradients,
     anchors_from_base,
     ewc_penalty,
     fisher_for_run,
@@ -94,6 +95,56 @@ def test_penalties_are_zero_at_the_base_and_their_gradients_are_exact(base, base
         assert decoder.param.grad[new_rows].abs().max().item() == 0.0  # German-only rows: not anchored
 
 
+def test_penalty_gradients_are_autograd_s_added_to_the_gradients(base, base_nemo):
+    torch.manual_seed(0)
+    model = build(base_nemo)
+    anchors = anchors_from_base(base, model)
+    assert any(a.rows is not None for a in anchors) and any(a.rows is None for a in anchors)
+    for a in anchors:
+        a.fisher = torch.rand_like(a.value)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    params = list(model.parameters())
+    before = [torch.randn_like(p) for p in params]
+    no_grad = {id(anchors[0].param), id(next(a for a in anchors if a.rows is not None).param)}  # get zeros first
+
+    def set_grads():
+        for p, g in zip(params, before):
+            p.grad = None if id(p) in no_grad else g.clone()
+
+    values = [a.value for a in anchors]
+    for fisher, penalty in (
+        (False, lambda: l2sp_penalty([a.current() for a in anchors], values, 3.0)),
+        (True, lambda: ewc_penalty([a.current() for a in anchors], values, [a.fisher for a in anchors], 3.0)),
+    ):
+        set_grads()
+        expected_value = penalty()
+        expected_value.backward()
+        expected = [p.grad.clone() for p in params]
+        set_grads()
+        value = add_penalty_gradients(anchors, 3.0, fisher=fisher)
+        assert value.dtype == torch.float32 and value.dim() == 0
+        torch.testing.assert_close(value, expected_value.detach(), rtol=1e-6, atol=0.0)
+        for p, e in zip(params, expected):
+            torch.testing.assert_close(p.grad, e, rtol=1e-6, atol=1e-7)
+
+        set_grads()
+        scaled = add_penalty_gradients(anchors, 3.0, fisher=fisher, scale=8.0)
+        assert torch.equal(scaled, value)  # the value is not scaled
+        for p, g, e in zip(params, before, expected):
+            g = torch.zeros_like(g) if id(p) in no_grad else g
+            torch.testing.assert_close(p.grad - g, 8.0 * (e - g), rtol=1e-5, atol=1e-6)
+
+
+def test_penalty_gradients_leave_a_skipped_step_alone(base, base_nemo):
+    model = build(base_nemo)
+    anchors = anchors_from_base(base, model)
+    model.zero_grad(set_to_none=True)
+    assert add_penalty_gradients(anchors, 1.0, fisher=False) is None
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_penalties_check_shapes():
     with pytest.raises(ValueError, match="shape"):
         l2sp_penalty([torch.zeros(2, 3)], [torch.zeros(3, 2)], 1.0)
@@ -136,6 +187,19 @@ def test_l2sp_keeps_the_transferred_weights_closer_to_the_base(base_nemo, base, 
     trainer = fit(model, de_manifest, steps=3, default_root_dir=str(tmp_path))
     assert "l2sp_penalty" in trainer.callback_metrics
     assert transferred_distance(model, base) < 0.5 * transferred_distance(plain, base)
+
+
+def test_penalty_gradients_are_added_once_per_optimizer_step(base_nemo, de_manifest, tmp_path, monkeypatch):
+    calls, batches = [], []
+    add = reg.add_penalty_gradients
+    monkeypatch.setattr(reg, "add_penalty_gradients", lambda *a, **k: calls.append(k["fisher"]) or add(*a, **k))
+    step = TransferCTCModel.training_step
+    monkeypatch.setattr(TransferCTCModel, "training_step", lambda m, b, i: batches.append(i) or step(m, b, i))
+    torch.manual_seed(0)
+    model = build(base_nemo, {"l2sp": {"weight": 1000.0}})
+    trainer = fit(model, de_manifest, steps=2, accumulate_grad_batches=2, default_root_dir=str(tmp_path))
+    assert len(batches) == 4 and calls == [False, False]  # 2 optimizer steps of 2 batches each
+    assert trainer.callback_metrics["l2sp_penalty"] > 0
 
 
 def test_all_three_train_together_and_the_nemo_restores_without_the_base(base_nemo, de_manifest, en_manifest,

@@ -13,6 +13,11 @@ For a model θ fine-tuned from a base θ_base, with the task loss L (CTC):
   teacher cache); RNN-T models, whose base must have the same vocabulary, compare the joint's outputs
   at every node of the lattice (:func:`lwf_lattice_loss`; the base runs online).
 
+L2-SP and EWC act on the gradients: once per optimizer step, after the backward (and before
+gradient clipping), :func:`add_penalty_gradients` adds their gradient w F (θ − θ_base) to every
+anchored parameter's ``.grad`` with fused kernels, so the optimizer sees the gradient of the
+objective above. LwF is part of the loss.
+
 The sums run over the *transferred* parameters: every parameter the base and the model share by
 name and shape, plus the output rows ``keep_shared`` maps (:func:`mapped_output_rows`); frozen
 parameters do not move and are left out. All three are off by default (weight 0) and combine
@@ -63,6 +68,7 @@ __all__ = [
     "L2SPConfig",
     "LwFConfig",
     "RegularizationConfig",
+    "add_penalty_gradients",
     "anchors_from_base",
     "empirical_fisher",
     "ewc_penalty",
@@ -407,6 +413,57 @@ def anchors_from_base(base_model: ASRModel, model: ASRModel, *, output_rows: boo
     return anchors
 
 
+@torch.no_grad()
+def add_penalty_gradients(
+    anchors: Sequence[Anchor], weight: float, *, fisher: bool, scale: float = 1.0
+) -> torch.Tensor | None:
+    """Add the gradient of (w/2) Σ F (θ − θ_base)² to the anchored parameters' ``.grad``; return the penalty.
+
+    Each anchored parameter θ gets ``θ.grad += scale · w F (θ − θ_base)`` over its anchored entries
+    (all of θ, or the rows ``anchor.rows``), F = 1 (L2-SP, ``fisher=False``) or ``anchor.fisher``
+    (EWC). The anchors over whole parameters take a few fused ``torch._foreach`` kernels; putting the
+    penalty in the loss instead makes autograd accumulate one gradient per parameter (hundreds of
+    small kernels and engine calls a step).
+
+    Called once per optimizer step, after the backward: DDP gradients already averaged, AMP
+    gradients unscaled (``scale`` the loss scale where they are still scaled), before gradient
+    clipping, so the optimizer sees exactly the gradient of loss + penalty.
+
+    Args:
+        anchors: the parameters and their base values (:func:`anchors_from_base`); with ``fisher``,
+            each with its Fisher set.
+        weight: w ≥ 0.
+        fisher: EWC (F = ``anchor.fisher``) or L2-SP (F = 1).
+        scale: multiplies the gradient added, not the value returned.
+    Returns:
+        (w/2) Σ F (θ − θ_base)², a float32 scalar on the parameters' device; None, with nothing
+        added, when no anchored parameter has a gradient (a step the non-finite guard skipped). A
+        parameter without a gradient among others that have one gets a zero gradient first.
+    """
+    if all(a.param.grad is None for a in anchors):
+        return None
+    if fisher and any(a.fisher is None for a in anchors):
+        raise ValueError("EWC needs every anchor's Fisher information (Anchor.set_fisher)")
+    for a in anchors:
+        if a.param.grad is None:
+            a.param.grad = torch.zeros_like(a.param)
+    alpha = float(weight) * float(scale)
+    parts = []
+    whole = [a for a in anchors if a.rows is None]
+    if whole:
+        diffs = torch._foreach_sub([a.param for a in whole], [a.value for a in whole])
+        scaled = torch._foreach_mul(diffs, [a.fisher for a in whole]) if fisher else diffs
+        parts.extend(torch._foreach_norm(torch._foreach_mul(scaled, diffs), 1, dtype=torch.float32))
+        torch._foreach_add_([a.param.grad for a in whole], scaled, alpha=alpha)
+    for a in anchors:
+        if a.rows is not None:
+            diff = a.param[a.rows] - a.value
+            scaled = diff * a.fisher if fisher else diff
+            parts.append((scaled * diff).sum(dtype=torch.float32))
+            a.param.grad.index_add_(0, a.rows, scaled, alpha=alpha)
+    return 0.5 * float(weight) * torch.stack(parts).sum()
+
+
 # ---------------------------------------------------------------------------- EWC's Fisher
 def training_loss(
     model: ASRModel, audio: torch.Tensor, audio_len: torch.Tensor, tokens: torch.Tensor, tokens_len: torch.Tensor
@@ -550,13 +607,16 @@ def run_directory(trainer: Any) -> str:
 
 # ---------------------------------------------------------------------------- the model mixin
 class ForgettingRegularizationMixin:
-    """Adds ``model.transfer.regularization``'s terms to a CTC transfer model's training loss.
+    """Adds ``model.transfer.regularization``'s terms to a transfer model's training.
 
-    List it before the NeMo class. ``training_step`` calls ``super().training_step`` (NeMo's CTC
-    step) and adds (w/2)‖θ − θ_base‖² (L2-SP), (w/2) Σ F (θ − θ_base)² (EWC) and w · L_tok (LwF),
-    logging each as ``l2sp_penalty``, ``ewc_penalty``, ``lwf_loss``. LwF reads the model's outputs
-    from that same forward (hooks on the encoder and on the CTC decoder, or the RNN-T joint), so
-    nothing of the model is computed twice. With every weight 0 the step is NeMo's, untouched.
+    List it before the NeMo class. ``training_step`` calls ``super().training_step`` (NeMo's step)
+    and adds w · L_tok (LwF) to the loss, logged as ``lwf_loss``; LwF reads the model's outputs from
+    that same forward (hooks on the encoder and on the CTC decoder, or the RNN-T joint), so nothing
+    of the model is computed twice. L2-SP's (w/2)‖θ − θ_base‖² and EWC's (w/2) Σ F (θ − θ_base)² are
+    not in the loss: ``on_before_optimizer_step`` (once per optimizer step, after the backward of
+    every accumulated batch) adds their gradients to the gradients (:func:`add_penalty_gradients`)
+    and logs their values as ``l2sp_penalty``, ``ewc_penalty``. With every weight 0 the step is
+    NeMo's, untouched.
     """
 
     _forgetting_base: list  # [the frozen base model] for online LwF, outside the module tree (not saved)
@@ -688,36 +748,46 @@ class ForgettingRegularizationMixin:
             return super().training_step(batch, batch_nb)
         if not self._regularization_ready:
             self._prepare_regularization()
+        if reg.lwf.weight <= 0:
+            return super().training_step(batch, batch_nb)
         from nemo_tl.data.batches import AudioTextBatch
 
         named = AudioTextBatch.from_nemo(batch)
         captured: dict[str, torch.Tensor] = {}
-        handles = []
-        if reg.lwf.weight > 0:
-            head = self.joint if self._lwf_on_joint else self.decoder
-            handles.append(self.encoder.register_forward_hook(_keep_first(captured, "lengths", lambda out: out[1])))
-            handles.append(head.register_forward_hook(_keep_first(captured, "outputs", lambda out: out)))
+        head = self.joint if self._lwf_on_joint else self.decoder
+        handles = [self.encoder.register_forward_hook(_keep_first(captured, "lengths", lambda out: out[1])),
+                   head.register_forward_hook(_keep_first(captured, "outputs", lambda out: out))]
         try:
             result = super().training_step(tuple(named[:4]), batch_nb)
         finally:
             for h in handles:
                 h.remove()
-        loss = result["loss"]
-        if reg.lwf.weight > 0:
-            term = self._lwf_term(named, captured, reg.lwf)
-            self.log("lwf_loss", term.detach(), on_step=True)
-            loss = loss + reg.lwf.weight * term
-        anchors = self._forgetting_anchors
-        if reg.l2sp.weight > 0:
-            term = l2sp_penalty([a.current() for a in anchors], [a.value for a in anchors], reg.l2sp.weight)
-            self.log("l2sp_penalty", term.detach(), on_step=True)
-            loss = loss + term
-        if reg.ewc.weight > 0:
-            term = ewc_penalty([a.current() for a in anchors], [a.value for a in anchors],
-                               [a.fisher for a in anchors], reg.ewc.weight)
-            self.log("ewc_penalty", term.detach(), on_step=True)
-            loss = loss + term
-        return {**result, "loss": loss}
+        term = self._lwf_term(named, captured, reg.lwf)
+        self.log("lwf_loss", term.detach(), on_step=True)
+        return {**result, "loss": result["loss"] + reg.lwf.weight * term}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Add the L2-SP and EWC gradients to the gradients (:func:`add_penalty_gradients`) and log the values."""
+        super().on_before_optimizer_step(optimizer)
+        reg = self.regularization
+        if not (self._regularization_ready and reg.needs_anchors):
+            return
+        scale = self._gradient_scale(optimizer)
+        for key, weight, fisher in (("l2sp_penalty", reg.l2sp.weight, False), ("ewc_penalty", reg.ewc.weight, True)):
+            if weight > 0:
+                value = add_penalty_gradients(self._forgetting_anchors, weight, fisher=fisher, scale=scale)
+                if value is not None:
+                    self.log(key, value, on_step=True)
+
+    def _gradient_scale(self, optimizer: torch.optim.Optimizer) -> float:
+        """The factor the gradients still carry at ``on_before_optimizer_step``: 1, or fp16 AMP's loss scale
+        when the optimizer unscales inside its own step (fused Adam: Lightning then skips ``scaler.unscale_``)."""
+        from nemo_tl.compat import attached_trainer
+
+        scaler = getattr(getattr(attached_trainer(self), "precision_plugin", None), "scaler", None)
+        if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
+            return 1.0
+        return float(scaler.get_scale())
 
     def _lwf_term(self, batch: Any, captured: dict[str, torch.Tensor], lwf: LwFConfig) -> torch.Tensor:
         from nemo_tl.distill.teachers import teacher_outputs
