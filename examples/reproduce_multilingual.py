@@ -19,13 +19,14 @@ setting C):
 
     python examples/reproduce_multilingual.py --out runs/ms --hours 0.3 --steps 1500 --text digits \
         --encoder quartznet --freeze-bn-after 300 --pretrain-ctc-steps 0 --aux-ctc-weight 0 \
-        --architectures multisoftmax,vanilla,onehot
+        --architectures multisoftmax,vanilla,onehot --per-batch 1
 
 Results are written to ``--out`` as each model finishes.
 
 1. Synthesizes one corpus per language (``nemo_tl.data.synth_corpus``; ``lang`` on every line).
 2. Trains ``conf/multisoftmax_rnnt.yaml`` once per ``--architectures`` entry on the same manifests
-   with the same sampler (one language per batch, drawn ∝ hours): ``multisoftmax`` (with the LID
+   with the same sampler (languages mixed in every batch, drawn ∝ hours; ``--per-batch 1``: one language
+   per batch, the paper's): ``multisoftmax`` (with the LID
    head), and the paper's baselines ``vanilla`` (one union softmax) and ``onehot`` (union softmax,
    language one-hot at the encoder input).
 3. Scores them on the test sets: the pooled CTC start (greedy, its own union softmax); multi-softmax
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the (τ, s_th) points of the LID-free sweep, τ:s_th comma-separated (τ in encoder frames: 40 ms at "
         "the default 4x subsampling; inf: never stop)",
     )
-    p.add_argument("--per-batch", type=int, default=1, help="1: one language per batch (the paper), 0: mixed")
+    p.add_argument("--per-batch", type=int, default=0,
+                   help="0: languages mixed in every batch (the recipe), 1: one language per batch (the paper)")
     p.add_argument("--lid-weight", type=float, default=None,
                    help="model.lid.weight: loss = RNN-T + weight * frame-level LID CE (default: the config's)")
     p.add_argument("--save", action="store_true",

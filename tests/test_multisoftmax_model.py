@@ -415,7 +415,7 @@ def test_hydra_baseline_configs_differ_only_in_architecture():
         "onehot",
     )
     assert van.model.languages == ms.model.languages and van.model.train_ds == ms.model.train_ds
-    assert ms.model.train_ds.mixing == {"per_batch": True, "weights": "hours"}
+    assert ms.model.train_ds.mixing == {"per_batch": False, "weights": "hours"}
 
 
 def test_multilingual_metrics_exact():
@@ -492,7 +492,7 @@ def test_lightning_fit_with_one_language_per_batch(manifests, architecture):
     seen = _LanguagesSeen()
     trainer = cpu_trainer(3, callbacks=[seen], limit_val_batches=1)
     model.set_trainer(trainer)
-    train = OmegaConf.merge(model.cfg.train_ds, {"manifest_filepath": list(manifests.values())})
+    train = OmegaConf.merge(model.cfg.train_ds, {"manifest_filepath": list(manifests.values()), "mixing": {"per_batch": True}})
     model.setup_training_data(train)
     model.setup_multiple_validation_data(
         OmegaConf.merge(model.cfg.validation_ds, {"manifest_filepath": [manifests["en"], manifests["hi"]]})
@@ -730,7 +730,7 @@ def test_lightning_fit_with_fused_joint_keeps_languages_isolated(manifests):
     check = _FusedIsolation()
     trainer = cpu_trainer(3, callbacks=[check], limit_val_batches=1)
     model.set_trainer(trainer)
-    model.setup_training_data(OmegaConf.merge(model.cfg.train_ds, {"manifest_filepath": list(manifests.values())}))
+    model.setup_training_data(OmegaConf.merge(model.cfg.train_ds, {"manifest_filepath": list(manifests.values()), "mixing": {"per_batch": True}}))
     model.setup_multiple_validation_data(
         OmegaConf.merge(model.cfg.validation_ds, {"manifest_filepath": [manifests["en"], manifests["hi"]]})
     )
