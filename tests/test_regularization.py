@@ -95,7 +95,7 @@ def test_penalties_are_zero_at_the_base_and_their_gradients_are_exact(base, base
         assert decoder.param.grad[new_rows].abs().max().item() == 0.0  # German-only rows: not anchored
 
 
-def test_penalty_gradients_are_autograd_s_added_to_the_gradients(base, base_nemo):
+def test_penalty_gradients_equal_autograd_of_the_penalty_added_to_the_gradients(base, base_nemo):
     torch.manual_seed(0)
     model = build(base_nemo)
     anchors = anchors_from_base(base, model)
