@@ -8,7 +8,9 @@
 2. Trains a base on the source from scratch (or takes ``--base``).
 3. Fine-tunes it to the target, every run with the same steps, batch and schedule, on one vocabulary
    (the target alphabet plus the source letters it lacks): ``keep_shared`` on the target only, replay
-   at each ``--replay`` share (``nemo_tl.data.mixing``), LwF, L2-SP and EWC at each weight
+   at each ``--replay`` share (``nemo_tl.data.mixing``), replay added on top of a whole target batch
+   at each ``--added-replay`` share (the batch grows to ``--batch`` / (1 − share) utterances, so the
+   target sees as many utterances per step as on its own), LwF, L2-SP and EWC at each weight
    (``model.transfer.regularization``), encoder adapters (``model.transfer.adapters``), the
    ``--combine`` settings (e.g. ``replay=0.2+lwf=1.0``: replay and LwF in one run); and, free of
    training, weight averaging of the base with the target-only, the first replay, the first LwF and
@@ -38,7 +40,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = {"utterances": 24, "base_config": "quartznet_tiny", "base_steps": 3, "steps": 2, "batch": 4,
-         "replay": "0.5", "average": "1.0", "lwf": "", "l2sp": "1.0", "ewc": "", "ewc_batches": 2, "adapter_dim": 4,
+         "replay": "0.5", "added_replay": "0.5", "average": "1.0", "lwf": "", "l2sp": "1.0", "ewc": "", "ewc_batches": 2, "adapter_dim": 4,
          "combine": "replay=0.5+l2sp=1.0"}
 SEQUENCE_METHODS = ("fine-tuning", "replay")
 
@@ -74,6 +76,13 @@ def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batche
     return replay, regularization
 
 
+def added_replay_batch(batch: int, share: float) -> int:
+    """The batch that holds ``batch`` target utterances on average with a source ``share``: round(batch / (1 − share))."""
+    if not 0 <= share < 1:
+        raise SystemExit(f"--added-replay {share:g}: a share in [0, 1)")
+    return int(round(batch / (1.0 - share)))
+
+
 def regularizer(method: str, weight: float, lwf_temperature: float, ewc_manifest: str, ewc_batches: int) -> dict:
     """The ``model.transfer.regularization`` section of one regularizer: ``lwf``, ``l2sp`` or ``ewc``."""
     if method == "lwf":
@@ -104,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="fine-tuning lr (default: the recipe's)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--replay", default="0.2,0.5", help="source shares of the replay runs")
+    p.add_argument("--added-replay", default="",
+                   help="source shares of replay runs whose batches add the source to a whole target batch "
+                   "(--batch / (1 - share) utterances a step); '' for none")
     p.add_argument("--average", default="0.25,0.5,0.75", help="averaging weights λ (1: the tuned model)")
     p.add_argument("--lwf", default="0.5,2.0", help="LwF weights (temperature --lwf-temperature)")
     p.add_argument("--lwf-temperature", type=float, default=2.0)
@@ -133,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or any(m not in SEQUENCE_METHODS for m in methods):
         p.error(f"--methods takes {' and/or '.join(SEQUENCE_METHODS)}, got {args.methods!r}")
+    for share in floats(args.added_replay):  # before the corpus and the base
+        added_replay_batch(args.batch, share)
     exp = Experiment(args, out, langs)
     if args.sequence:
         exp.run_sequence()
@@ -231,8 +245,11 @@ class Experiment:
         return ASRModel.restore_from(str(self.base_path), map_location=device).eval()
 
     # ------------------------------------------------------------------ one run
-    def finetune(self, start, lang: str, *, replay: dict[str, float] | None = None, transfer: dict | None = None):
+    def finetune(self, start, lang: str, *, replay: dict[str, float] | None = None, transfer: dict | None = None,
+                 batch: int | None = None):
         """Fine-tune ``start`` (a .nemo path or a model) on ``lang`` (plus ``replay``: {language: share}).
+
+        ``batch``: utterances a step (default ``--batch``).
 
         A path is kept as ``transfer.base_model`` (what the regularizers reload when training starts).
         """
@@ -241,7 +258,7 @@ class Experiment:
         from nemo_tl.transfer.recipe import finetune_optim
         from nemo_tl.utils.training import quick_trainer
 
-        train = data_cfg(self.corpus[lang]["train"], self.labels, self.args.batch, True, drop_last=True)
+        train = data_cfg(self.corpus[lang]["train"], self.labels, batch or self.args.batch, True, drop_last=True)
         if replay:
             train["manifest_filepath"] = [self.corpus[lang]["train"], *(self.corpus[x]["train"] for x in replay)]
             train["mixing"] = {"weights": [1 - sum(replay.values()), *replay.values()], "seed": self.args.seed}
@@ -290,36 +307,40 @@ class Experiment:
 
         add(f"base ({src})", "base", base, 0, None)
         target_only = f"keep_shared, {tgt} only"
-        # (rank, name, method, replay, transfer, averaged?): the first setting of every method runs before
-        # the second of any, so that a run cut short still has each method on the frontier
-        runs: list[tuple[int, str, str, dict | None, dict | None, bool]] = [
-            (0, target_only, "fine-tuning", None, None, True)]
+        # (rank, name, method, replay, transfer, averaged?, batch): the first setting of every method runs
+        # before the second of any, so that a run cut short still has each method on the frontier
+        runs: list[tuple[int, str, str, dict | None, dict | None, bool, int | None]] = [
+            (0, target_only, "fine-tuning", None, None, True, None)]
         for i, share in enumerate(floats(a.replay)):
-            runs.append((i, f"replay {int(round(100 * share))}% {src}", "replay", {src: share}, None, i == 0))
+            runs.append((i, f"replay {int(round(100 * share))}% {src}", "replay", {src: share}, None, i == 0, None))
+        for i, share in enumerate(floats(a.added_replay)):
+            batch = added_replay_batch(a.batch, share)
+            runs.append((i, f"replay {int(round(100 * share))}% {src} added (batch {batch})", "replay", {src: share},
+                         None, i == 0, batch))
         for spec in (x.strip() for x in a.combine.split(",") if x.strip()):
             share, regularization = combination(spec, a.lwf_temperature, self.corpus[src]["train"], a.ewc_batches)
             runs.append((0, spec.replace("+", " + "), "combined", None if share is None else {src: share},
-                         {"regularization": regularization} if regularization else None, True))
+                         {"regularization": regularization} if regularization else None, True, None))
         if a.adapter_dim:
             runs.append((0, f"adapters dim {a.adapter_dim}", "adapters", None, {"adapters": {"dim": a.adapter_dim}},
-                         False))
+                         False, None))
         methods = (("lwf", "LwF", a.lwf, f" T={a.lwf_temperature:g}"), ("l2sp", "L2-SP", a.l2sp, ""),
                    ("ewc", "EWC", a.ewc, ""))
         for key, method, weights, detail in methods:
             for i, w in enumerate(floats(weights)):
                 section = regularizer(key, w, a.lwf_temperature, self.corpus[src]["train"], a.ewc_batches)
                 runs.append((i, f"{method} w={w:g}{detail}", method, None, {"regularization": {key: section}},
-                             key == "lwf" and i == 0))
+                             key == "lwf" and i == 0, None))
         runs = [r[1:] for r in sorted(runs, key=lambda r: r[0])]  # stable: method order within a rank
-        for name, method, replay, transfer, average in runs:
+        for name, method, replay, transfer, average, batch in runs:
             if a.time_limit is not None and time.time() - self.t0 > a.time_limit:
                 self.results["skipped"].append(f"{name}: not started, --time-limit {a.time_limit:g} s had passed")
                 continue
             if transfer and "regularization" in transfer and not _regularization_available():
                 self.results["skipped"].append(f"{name}: model.transfer.regularization is not in this nemo_tl")
                 continue
-            model = self.finetune(str(self.base_path), tgt, replay=replay, transfer=transfer)
-            extra = {}
+            model = self.finetune(str(self.base_path), tgt, replay=replay, transfer=transfer, batch=batch)
+            extra = {"batch": batch or a.batch}
             if method == "adapters":
                 from nemo_tl.transfer.adapters import adapter_parameter_share
 

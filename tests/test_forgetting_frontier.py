@@ -49,6 +49,16 @@ def test_continual_metrics_refuse_a_ragged_matrix():
         continual_metrics([[1.0], [2.0, 3.0]], single_task=[1.0, 2.0])
 
 
+def test_added_replay_keeps_a_whole_target_batch():
+    driver = _driver()
+    assert driver.added_replay_batch(32, 0.0) == 32
+    assert driver.added_replay_batch(32, 0.4) == 53  # 32 target utterances a step on average, 21 source
+    assert driver.added_replay_batch(32, 0.5) == 64
+    for bad in (1.0, -0.1):
+        with pytest.raises(SystemExit, match="a share in"):
+            driver.added_replay_batch(32, bad)
+
+
 def test_goal_is_issue_19s_ratios():
     assert meets_goal(18.0, 31.5, base_source=15.0, target_only=30.0)  # 1.20x and 1.05x exactly
     assert not meets_goal(18.1, 30.0, base_source=15.0, target_only=30.0)
@@ -79,6 +89,9 @@ def test_frontier_table_marks_pareto_points_and_plots(frontier):
     assert names[0] == "base (en)" and "keep_shared, de only" in names
     assert any(n.startswith("replay") for n in names) and any(n.startswith("average") for n in names)
     assert any(n.startswith("adapters") for n in names)
+    added = [p for p in points if p["name"].startswith("replay 50% en added")]
+    assert [(p["name"], p["batch"], p["steps"]) for p in added] == [("replay 50% en added (batch 8)", 8, 2)]
+    assert {p["batch"] for p in points if p["method"] in ("fine-tuning", "replay") and p not in added} == {4}
     combined = [p for p in points if p["method"] == "combined"]
     assert [p["name"] for p in combined] == ["replay=0.5 + l2sp=1.0"]
     assert "average λ=1.00 (replay=0.5 + l2sp=1.0)" in names  # combined runs are averaged too
