@@ -35,6 +35,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -74,6 +75,18 @@ def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batche
         else:
             regularization[key] = regularizer(key, weight, lwf_temperature, ewc_manifest, ewc_batches)
     return replay, regularization
+
+
+class Run(NamedTuple):
+    """One fine-tuning run of the frontier."""
+
+    rank: int  # the i-th setting of its method
+    name: str
+    method: str
+    replay: dict[str, float] | None = None  # {source language: share}
+    transfer: dict | None = None  # model.transfer keys beside keep_shared
+    averaged: bool = False  # also averaged with the base at every --average λ
+    batch: int | None = None  # utterances a step (None: --batch)
 
 
 def added_replay_batch(batch: int, share: float) -> int:
@@ -307,32 +320,30 @@ class Experiment:
 
         add(f"base ({src})", "base", base, 0, None)
         target_only = f"keep_shared, {tgt} only"
-        # (rank, name, method, replay, transfer, averaged?, batch): the first setting of every method runs
-        # before the second of any, so that a run cut short still has each method on the frontier
-        runs: list[tuple[int, str, str, dict | None, dict | None, bool, int | None]] = [
-            (0, target_only, "fine-tuning", None, None, True, None)]
+        # the first setting of every method runs before the second of any (rank), so that a run cut short
+        # still has each method on the frontier
+        runs = [Run(0, target_only, "fine-tuning", averaged=True)]
         for i, share in enumerate(floats(a.replay)):
-            runs.append((i, f"replay {int(round(100 * share))}% {src}", "replay", {src: share}, None, i == 0, None))
+            runs.append(Run(i, f"replay {int(round(100 * share))}% {src}", "replay", {src: share}, averaged=i == 0))
         for i, share in enumerate(floats(a.added_replay)):
             batch = added_replay_batch(a.batch, share)
-            runs.append((i, f"replay {int(round(100 * share))}% {src} added (batch {batch})", "replay", {src: share},
-                         None, i == 0, batch))
+            runs.append(Run(i, f"replay {int(round(100 * share))}% {src} added (batch {batch})", "replay",
+                            {src: share}, averaged=i == 0, batch=batch))
         for spec in (x.strip() for x in a.combine.split(",") if x.strip()):
             share, regularization = combination(spec, a.lwf_temperature, self.corpus[src]["train"], a.ewc_batches)
-            runs.append((0, spec.replace("+", " + "), "combined", None if share is None else {src: share},
-                         {"regularization": regularization} if regularization else None, True, None))
+            runs.append(Run(0, spec.replace("+", " + "), "combined", None if share is None else {src: share},
+                            {"regularization": regularization} if regularization else None, averaged=True))
         if a.adapter_dim:
-            runs.append((0, f"adapters dim {a.adapter_dim}", "adapters", None, {"adapters": {"dim": a.adapter_dim}},
-                         False, None))
+            runs.append(Run(0, f"adapters dim {a.adapter_dim}", "adapters", transfer={"adapters": {"dim": a.adapter_dim}}))
         methods = (("lwf", "LwF", a.lwf, f" T={a.lwf_temperature:g}"), ("l2sp", "L2-SP", a.l2sp, ""),
                    ("ewc", "EWC", a.ewc, ""))
         for key, method, weights, detail in methods:
             for i, w in enumerate(floats(weights)):
                 section = regularizer(key, w, a.lwf_temperature, self.corpus[src]["train"], a.ewc_batches)
-                runs.append((i, f"{method} w={w:g}{detail}", method, None, {"regularization": {key: section}},
-                             key == "lwf" and i == 0, None))
-        runs = [r[1:] for r in sorted(runs, key=lambda r: r[0])]  # stable: method order within a rank
-        for name, method, replay, transfer, average, batch in runs:
+                runs.append(Run(i, f"{method} w={w:g}{detail}", method, transfer={"regularization": {key: section}},
+                                averaged=key == "lwf" and i == 0))
+        runs.sort(key=lambda r: r.rank)  # stable: method order within a rank
+        for _, name, method, replay, transfer, average, batch in runs:
             if a.time_limit is not None and time.time() - self.t0 > a.time_limit:
                 self.results["skipped"].append(f"{name}: not started, --time-limit {a.time_limit:g} s had passed")
                 continue
