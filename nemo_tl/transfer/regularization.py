@@ -744,11 +744,9 @@ class ForgettingRegularizationMixin:
     # -- training
     def training_step(self, batch, batch_nb):
         reg = self.regularization
-        if not reg.active:
-            return super().training_step(batch, batch_nb)
-        if not self._regularization_ready:
+        if reg.active and not self._regularization_ready:
             self._prepare_regularization()
-        if reg.lwf.weight <= 0:
+        if reg.lwf.weight <= 0:  # NeMo's step; L2-SP and EWC act in on_before_optimizer_step
             return super().training_step(batch, batch_nb)
         from nemo_tl.data.batches import AudioTextBatch
 
