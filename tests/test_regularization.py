@@ -119,19 +119,15 @@ def test_penalty_gradients_equal_autograd_of_the_penalty_added_to_the_gradients(
         (True, lambda: ewc_penalty([a.current() for a in anchors], values, [a.fisher for a in anchors], 3.0)),
     ):
         set_grads()
-        expected_value = penalty()
-        expected_value.backward()
+        penalty().backward()
         expected = [p.grad.clone() for p in params]
         set_grads()
-        value = add_penalty_gradients(anchors, 3.0, fisher=fisher)
-        assert value.dtype == torch.float32 and value.dim() == 0
-        torch.testing.assert_close(value, expected_value.detach(), rtol=1e-6, atol=0.0)
+        assert add_penalty_gradients(anchors, 3.0, fisher=fisher)
         for p, e in zip(params, expected):
             torch.testing.assert_close(p.grad, e, rtol=1e-6, atol=1e-7)
 
         set_grads()
-        scaled = add_penalty_gradients(anchors, 3.0, fisher=fisher, scale=8.0)
-        assert torch.equal(scaled, value)  # the value is not scaled
+        assert add_penalty_gradients(anchors, 3.0, fisher=fisher, scale=8.0)
         for p, g, e in zip(params, before, expected):
             g = torch.zeros_like(g) if id(p) in no_grad else g
             torch.testing.assert_close(p.grad - g, 8.0 * (e - g), rtol=1e-5, atol=1e-6)
@@ -141,7 +137,7 @@ def test_penalty_gradients_leave_a_skipped_step_alone(base, base_nemo):
     model = build(base_nemo)
     anchors = anchors_from_base(base, model)
     model.zero_grad(set_to_none=True)
-    assert add_penalty_gradients(anchors, 1.0, fisher=False) is None
+    assert add_penalty_gradients(anchors, 1.0, fisher=False) is False
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -184,9 +180,36 @@ def test_weight_zero_is_the_plain_run_bit_for_bit(base_nemo, de_manifest, en_man
 def test_l2sp_keeps_the_transferred_weights_closer_to_the_base(base_nemo, base, de_manifest, plain, tmp_path):
     torch.manual_seed(0)
     model = build(base_nemo, {"l2sp": {"weight": 1000.0}})
-    trainer = fit(model, de_manifest, steps=3, default_root_dir=str(tmp_path))
-    assert "l2sp_penalty" in trainer.callback_metrics
+    fit(model, de_manifest, steps=3, default_root_dir=str(tmp_path))
     assert transferred_distance(model, base) < 0.5 * transferred_distance(plain, base)
+
+
+def test_penalties_are_logged_where_the_loss_is_with_the_value_at_the_step_end(base_nemo, base, de_manifest,
+                                                                                  en_manifest, tmp_path):
+    """log_every_n_steps decides, as for NeMo's own train_loss; the value is the penalty at the weights
+    the step ends with."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    model = build(base_nemo, {"l2sp": {"weight": 100.0},
+                              "ewc": {"weight": 10.0, "manifest": en_manifest, "batches": 2, "batch_size": 4}})
+    logger = CSVLogger(str(tmp_path), name="log", version=0)
+    trainer = fit(model, de_manifest, steps=4, logger=logger, log_every_n_steps=2, default_root_dir=str(tmp_path))
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    steps = {key: [int(r["step"]) for r in rows if r.get(key)] for key in ("train_loss", "l2sp_penalty", "ewc_penalty")}
+    assert steps["train_loss"] == [1, 3]  # Lightning's steps 2 and 4, counted from 0
+    assert steps["l2sp_penalty"] == steps["ewc_penalty"] == steps["train_loss"]
+    anchors = model._forgetting_anchors
+    current, values = [a.current() for a in anchors], [a.value for a in anchors]
+    with torch.no_grad():
+        l2sp = l2sp_penalty(current, values, 100.0)
+        ewc = ewc_penalty(current, values, [a.fisher for a in anchors], 10.0)
+    assert l2sp > 0 and ewc > 0
+    torch.testing.assert_close(trainer.callback_metrics["l2sp_penalty"], l2sp)
+    torch.testing.assert_close(trainer.callback_metrics["ewc_penalty"], ewc)
 
 
 def test_penalty_gradients_are_added_once_per_optimizer_step(base_nemo, de_manifest, tmp_path, monkeypatch):
@@ -197,7 +220,8 @@ def test_penalty_gradients_are_added_once_per_optimizer_step(base_nemo, de_manif
     monkeypatch.setattr(TransferCTCModel, "training_step", lambda m, b, i: batches.append(i) or step(m, b, i))
     torch.manual_seed(0)
     model = build(base_nemo, {"l2sp": {"weight": 1000.0}})
-    trainer = fit(model, de_manifest, steps=2, accumulate_grad_batches=2, default_root_dir=str(tmp_path))
+    trainer = fit(model, de_manifest, steps=2, accumulate_grad_batches=2, log_every_n_steps=1,
+                  default_root_dir=str(tmp_path))
     assert len(batches) == 4 and calls == [False, False]  # 2 optimizer steps of 2 batches each
     assert trainer.callback_metrics["l2sp_penalty"] > 0
 
@@ -208,7 +232,7 @@ def test_all_three_train_together_and_the_nemo_restores_without_the_base(base_ne
     section = {"lwf": {"weight": 1.0, "temperature": 2.0}, "l2sp": {"weight": 0.1},
                "ewc": {"weight": 10.0, "manifest": en_manifest, "batches": 2, "batch_size": 4}}
     model = build(base_nemo, section)
-    trainer = fit(model, de_manifest, steps=2, default_root_dir=str(tmp_path))
+    trainer = fit(model, de_manifest, steps=2, log_every_n_steps=1, default_root_dir=str(tmp_path))
     for key in ("lwf_loss", "l2sp_penalty", "ewc_penalty"):
         assert torch.isfinite(trainer.callback_metrics[key]), key
     assert os.path.isfile(tmp_path / reg.FISHER_DIR / "fisher.pt")
@@ -224,7 +248,7 @@ def test_all_three_train_together_and_the_nemo_restores_without_the_base(base_ne
     # Trained further in the same run directory: the base is loaded again, the Fisher read back, not recomputed.
     fisher_file = tmp_path / reg.FISHER_DIR / "fisher.pt"
     stamp = fisher_file.stat().st_mtime_ns
-    trainer = fit(restored, de_manifest, steps=1, default_root_dir=str(tmp_path))
+    trainer = fit(restored, de_manifest, steps=1, log_every_n_steps=1, default_root_dir=str(tmp_path))
     assert torch.isfinite(trainer.callback_metrics["ewc_penalty"]) and fisher_file.stat().st_mtime_ns == stamp
 
 
@@ -384,5 +408,5 @@ def test_from_base_takes_regularization_for_a_subword_model(tmp_path, en_manifes
     path = build_base(EncDecCTCModelBPE, str(tmp_path / "bpe.nemo"), tokenizer_dir=tokenizer)
     model = TransferCTCBPEModel.from_base(path, tokenizer_dir=tokenizer, regularization={"l2sp": {"weight": 0.5}})
     assert model.regularization.l2sp.weight == 0.5
-    trainer = fit_steps(model, en_manifest, steps=2, default_root_dir=str(tmp_path))
+    trainer = fit_steps(model, en_manifest, steps=2, log_every_n_steps=1, default_root_dir=str(tmp_path))
     assert trainer.callback_metrics["l2sp_penalty"] > 0  # the weights moved away from the base, and were pulled back

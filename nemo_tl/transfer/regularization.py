@@ -15,8 +15,8 @@ For a model θ fine-tuned from a base θ_base, with the task loss L (CTC):
 
 L2-SP and EWC act on the gradients: once per optimizer step, after the backward (and before
 gradient clipping), :func:`add_penalty_gradients` adds their gradient w F (θ − θ_base) to every
-anchored parameter's ``.grad`` with fused kernels, so the optimizer sees the gradient of the
-objective above. LwF is part of the loss.
+anchored parameter's ``.grad`` with two fused kernels, so the optimizer sees the gradient of the
+objective above; their values are computed only on the steps Lightning logs. LwF is part of the loss.
 
 The sums run over the *transferred* parameters: every parameter the base and the model share by
 name and shape, plus the output rows ``keep_shared`` maps (:func:`mapped_output_rows`); frozen
@@ -414,16 +414,16 @@ def anchors_from_base(base_model: ASRModel, model: ASRModel, *, output_rows: boo
 
 
 @torch.no_grad()
-def add_penalty_gradients(
-    anchors: Sequence[Anchor], weight: float, *, fisher: bool, scale: float = 1.0
-) -> torch.Tensor | None:
-    """Add the gradient of (w/2) Σ F (θ − θ_base)² to the anchored parameters' ``.grad``; return the penalty.
+def add_penalty_gradients(anchors: Sequence[Anchor], weight: float, *, fisher: bool, scale: float = 1.0) -> bool:
+    """Add the gradient of (w/2) Σ F (θ − θ_base)² to the anchored parameters' ``.grad``.
 
     Each anchored parameter θ gets ``θ.grad += scale · w F (θ − θ_base)`` over its anchored entries
     (all of θ, or the rows ``anchor.rows``), F = 1 (L2-SP, ``fisher=False``) or ``anchor.fisher``
-    (EWC). The anchors over whole parameters take a few fused ``torch._foreach`` kernels; putting the
-    penalty in the loss instead makes autograd accumulate one gradient per parameter (hundreds of
-    small kernels and engine calls a step).
+    (EWC). The anchors over whole parameters take two fused ``torch._foreach`` kernels (θ − θ_base,
+    then one add or addcmul into the gradients); putting the penalty in the loss instead makes
+    autograd accumulate one gradient per parameter (hundreds of small kernels and engine calls a
+    step). The penalty's value is not computed here: :func:`l2sp_penalty` / :func:`ewc_penalty` give
+    it where it is logged.
 
     Called once per optimizer step, after the backward: DDP gradients already averaged, AMP
     gradients unscaled (``scale`` the loss scale where they are still scaled), before gradient
@@ -434,34 +434,33 @@ def add_penalty_gradients(
             each with its Fisher set.
         weight: w ≥ 0.
         fisher: EWC (F = ``anchor.fisher``) or L2-SP (F = 1).
-        scale: multiplies the gradient added, not the value returned.
+        scale: multiplies the gradient added.
     Returns:
-        (w/2) Σ F (θ − θ_base)², a float32 scalar on the parameters' device; None, with nothing
-        added, when no anchored parameter has a gradient (a step the non-finite guard skipped). A
-        parameter without a gradient among others that have one gets a zero gradient first.
+        False, with nothing added, when no anchored parameter has a gradient (a step the non-finite
+        guard skipped); else True. A parameter without a gradient among others that have one gets a
+        zero gradient first.
     """
     if all(a.param.grad is None for a in anchors):
-        return None
+        return False
     if fisher and any(a.fisher is None for a in anchors):
         raise ValueError("EWC needs every anchor's Fisher information (Anchor.set_fisher)")
     for a in anchors:
         if a.param.grad is None:
             a.param.grad = torch.zeros_like(a.param)
     alpha = float(weight) * float(scale)
-    parts = []
     whole = [a for a in anchors if a.rows is None]
     if whole:
+        grads = [a.param.grad for a in whole]
         diffs = torch._foreach_sub([a.param for a in whole], [a.value for a in whole])
-        scaled = torch._foreach_mul(diffs, [a.fisher for a in whole]) if fisher else diffs
-        parts.extend(torch._foreach_norm(torch._foreach_mul(scaled, diffs), 1, dtype=torch.float32))
-        torch._foreach_add_([a.param.grad for a in whole], scaled, alpha=alpha)
+        if fisher:
+            torch._foreach_addcmul_(grads, diffs, [a.fisher for a in whole], value=alpha)
+        else:
+            torch._foreach_add_(grads, diffs, alpha=alpha)
     for a in anchors:
         if a.rows is not None:
             diff = a.param[a.rows] - a.value
-            scaled = diff * a.fisher if fisher else diff
-            parts.append((scaled * diff).sum(dtype=torch.float32))
-            a.param.grad.index_add_(0, a.rows, scaled, alpha=alpha)
-    return 0.5 * float(weight) * torch.stack(parts).sum()
+            a.param.grad.index_add_(0, a.rows, diff * a.fisher if fisher else diff, alpha=alpha)
+    return True
 
 
 # ---------------------------------------------------------------------------- EWC's Fisher
@@ -614,9 +613,10 @@ class ForgettingRegularizationMixin:
     that same forward (hooks on the encoder and on the CTC decoder, or the RNN-T joint), so nothing
     of the model is computed twice. L2-SP's (w/2)‖θ − θ_base‖² and EWC's (w/2) Σ F (θ − θ_base)² are
     not in the loss: ``on_before_optimizer_step`` (once per optimizer step, after the backward of
-    every accumulated batch) adds their gradients to the gradients (:func:`add_penalty_gradients`)
-    and logs their values as ``l2sp_penalty``, ``ewc_penalty``. With every weight 0 the step is
-    NeMo's, untouched.
+    every accumulated batch) adds their gradients to the gradients (:func:`add_penalty_gradients`);
+    ``on_train_batch_end`` logs their values as ``l2sp_penalty``, ``ewc_penalty`` on the steps
+    Lightning sends to the loggers (``log_every_n_steps``). With every weight 0 the step is NeMo's,
+    untouched.
     """
 
     _forgetting_base: list  # [the frozen base model] for online LwF, outside the module tree (not saved)
@@ -765,17 +765,42 @@ class ForgettingRegularizationMixin:
         return {**result, "loss": result["loss"] + reg.lwf.weight * term}
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Add the L2-SP and EWC gradients to the gradients (:func:`add_penalty_gradients`) and log the values."""
+        """Add the L2-SP and EWC gradients to the gradients (:func:`add_penalty_gradients`)."""
         super().on_before_optimizer_step(optimizer)
         reg = self.regularization
         if not (self._regularization_ready and reg.needs_anchors):
             return
         scale = self._gradient_scale(optimizer)
-        for key, weight, fisher in (("l2sp_penalty", reg.l2sp.weight, False), ("ewc_penalty", reg.ewc.weight, True)):
+        for weight, fisher in ((reg.l2sp.weight, False), (reg.ewc.weight, True)):
             if weight > 0:
-                value = add_penalty_gradients(self._forgetting_anchors, weight, fisher=fisher, scale=scale)
-                if value is not None:
-                    self.log(key, value, on_step=True)
+                add_penalty_gradients(self._forgetting_anchors, weight, fisher=fisher, scale=scale)
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Log ``l2sp_penalty`` / ``ewc_penalty`` on the steps Lightning sends to the loggers.
+
+        The value is the penalty at the weights the step ends with (those the next step starts from).
+        Only those steps compute it (``trainer.log_every_n_steps``): the gradients need no value.
+        """
+        super().on_train_batch_end(*args, **kwargs)
+        reg = self.regularization
+        if not (self._regularization_ready and reg.needs_anchors and self._logs_this_step()):
+            return
+        anchors = self._forgetting_anchors
+        with torch.no_grad():
+            current, values = [a.current() for a in anchors], [a.value for a in anchors]
+            if reg.l2sp.weight > 0:
+                self.log("l2sp_penalty", l2sp_penalty(current, values, reg.l2sp.weight), on_step=True)
+            if reg.ewc.weight > 0:
+                fisher = [a.fisher for a in anchors]
+                self.log("ewc_penalty", ewc_penalty(current, values, fisher, reg.ewc.weight), on_step=True)
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning sends this training step's logged values to the loggers (its own test)."""
+        from nemo_tl.compat import attached_trainer
+
+        trainer = attached_trainer(self)
+        connector = getattr(trainer, "_logger_connector", None)
+        return connector is not None and (bool(trainer.fast_dev_run) or connector.should_update_logs)
 
     def _gradient_scale(self, optimizer: torch.optim.Optimizer) -> float:
         """The factor the gradients still carry at ``on_before_optimizer_step``: 1, or fp16 AMP's loss scale
