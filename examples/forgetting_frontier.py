@@ -12,7 +12,8 @@
    at each ``--added-replay`` share (the batch grows to ``--batch`` / (1 − share) utterances, so the
    target sees as many utterances per step as on its own), LwF, L2-SP and EWC at each weight
    (``model.transfer.regularization``), encoder adapters (``model.transfer.adapters``), the
-   ``--combine`` settings (e.g. ``replay=0.2+lwf=1.0``: replay and LwF in one run); and, free of
+   ``--combine`` settings (e.g. ``replay=0.2+lwf=1.0``: replay and LwF in one run;
+   ``replay=0.4+freeze=2``: replay with the first 2 encoder blocks frozen); and, free of
    training, weight averaging of the base with the target-only, the first replay, the first LwF and
    every combined run at each ``--average`` λ (``nemo_tl.transfer.average_models``).
 4. Writes ``results.json``, ``results.md`` (source and target dev WER/CER per point, the
@@ -42,7 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = {"utterances": 24, "base_config": "quartznet_tiny", "base_steps": 3, "steps": 2, "batch": 4,
          "replay": "0.5", "added_replay": "0.5", "average": "1.0", "lwf": "", "l2sp": "1.0", "ewc": "", "ewc_batches": 2, "adapter_dim": 4,
-         "combine": "replay=0.5+l2sp=1.0"}
+         "combine": "replay=0.5+l2sp=1.0+freeze=1"}
 SEQUENCE_METHODS = ("fine-tuning", "replay")
 
 
@@ -50,12 +51,15 @@ def floats(spec: str) -> list[float]:
     return [float(x) for x in spec.split(",") if x.strip()]
 
 
-COMBINABLE = ("replay", "lwf", "l2sp", "ewc")
+COMBINABLE = ("replay", "lwf", "l2sp", "ewc", "freeze")
 
 
-def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batches: int) -> tuple[dict | None, dict]:
-    """``"replay=0.2+lwf=1.0"`` → (replay share or None, ``model.transfer.regularization``) of one combined run."""
-    replay, regularization, seen = None, {}, set()
+def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batches: int) -> tuple[float | None, dict]:
+    """``"replay=0.2+lwf=1.0+freeze=2"`` → (replay share or None, ``model.transfer`` keys) of one combined run.
+
+    ``lwf``, ``l2sp``, ``ewc`` go to ``regularization``; ``freeze=K`` is ``freeze_encoder_blocks: K``.
+    """
+    replay, transfer, seen = None, {}, set()
     for part in (x.strip() for x in spec.split("+") if x.strip()):
         key, _, value = part.partition("=")
         try:
@@ -69,12 +73,17 @@ def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batche
             raise SystemExit(f"--combine {spec!r}: {key} is given twice; give each method once")
         if not (weight >= 0) or math.isinf(weight) or (key == "replay" and not weight < 1):
             raise SystemExit(f"--combine {spec!r}: {part!r} needs a finite weight ≥ 0 (replay: a share in [0, 1))")
+        if key == "freeze" and weight != int(weight):
+            raise SystemExit(f"--combine {spec!r}: {part!r} needs a whole number of encoder blocks (freeze=2)")
         seen.add(key)
         if key == "replay":
             replay = weight
+        elif key == "freeze":
+            transfer["freeze_encoder_blocks"] = int(weight)
         else:
-            regularization[key] = regularizer(key, weight, lwf_temperature, ewc_manifest, ewc_batches)
-    return replay, regularization
+            transfer.setdefault("regularization", {})[key] = regularizer(
+                key, weight, lwf_temperature, ewc_manifest, ewc_batches)
+    return replay, transfer
 
 
 class Run(NamedTuple):
@@ -138,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapter-dim", type=int, default=32, help="adapter width (0: no adapter run)")
     p.add_argument("--combine", default="replay=0.2+lwf=0.1",
                    help="combined runs, comma-separated, each METHOD=VALUE joined by + (replay share, lwf, l2sp, "
-                   "ewc weights; e.g. replay=0.2+lwf=1.0,replay=0.2+l2sp=1.0); '' for none")
+                   "ewc weights, freeze: encoder blocks frozen; e.g. replay=0.2+lwf=1.0,replay=0.4+freeze=2); "
+                   "'' for none")
     p.add_argument("--time-limit", type=float, default=None,
                    help="no fine-tuning run starts after this many seconds (the table lists the runs left out)")
     p.add_argument("--seed", type=int, default=0)
@@ -330,9 +340,9 @@ class Experiment:
             runs.append(Run(i, f"replay {int(round(100 * share))}% {src} added (batch {batch})", "replay",
                             {src: share}, averaged=i == 0, batch=batch))
         for spec in (x.strip() for x in a.combine.split(",") if x.strip()):
-            share, regularization = combination(spec, a.lwf_temperature, self.corpus[src]["train"], a.ewc_batches)
+            share, transfer = combination(spec, a.lwf_temperature, self.corpus[src]["train"], a.ewc_batches)
             runs.append(Run(0, spec.replace("+", " + "), "combined", None if share is None else {src: share},
-                            {"regularization": regularization} if regularization else None, averaged=True))
+                            transfer or None, averaged=True))
         if a.adapter_dim:
             runs.append(Run(0, f"adapters dim {a.adapter_dim}", "adapters", transfer={"adapters": {"dim": a.adapter_dim}}))
         methods = (("lwf", "LwF", a.lwf, f" T={a.lwf_temperature:g}"), ("l2sp", "L2-SP", a.l2sp, ""),

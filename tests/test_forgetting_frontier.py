@@ -93,8 +93,10 @@ def test_frontier_table_marks_pareto_points_and_plots(frontier):
     assert [(p["name"], p["batch"], p["steps"]) for p in added] == [("replay 50% en added (batch 8)", 8, 2)]
     assert {p["batch"] for p in points if p["method"] in ("fine-tuning", "replay") and p not in added} == {4}
     combined = [p for p in points if p["method"] == "combined"]
-    assert [p["name"] for p in combined] == ["replay=0.5 + l2sp=1.0"]
-    assert "average λ=1.00 (replay=0.5 + l2sp=1.0)" in names  # combined runs are averaged too
+    assert [p["name"] for p in combined] == ["replay=0.5 + l2sp=1.0 + freeze=1"]
+    assert "average λ=1.00 (replay=0.5 + l2sp=1.0 + freeze=1)" in names  # combined runs are averaged too
+    target_only = next(p for p in points if p["name"] == "keep_shared, de only")
+    assert combined[0]["trainable"] < target_only["trainable"]  # the first encoder block frozen
     for p in points:
         for lang in ("en", "de"):
             assert math.isfinite(p[lang]["cer"]) and math.isfinite(p[lang]["wer"]), p
@@ -115,12 +117,16 @@ def test_averaging_endpoints_are_the_base_and_the_tuned_model(frontier):
     assert by_name["average λ=1.00 (keep_shared, de only)"]["de"] == tuned["de"]
 
 
-def test_combine_reads_replay_and_regularizer_weights():
-    replay, reg = _driver().combination("replay=0.2+lwf=1.5+ewc=100", 2.0, "en.json", 30)
+def test_combine_reads_replay_regularizer_weights_and_frozen_blocks():
+    replay, transfer = _driver().combination("replay=0.2+lwf=1.5+ewc=100+freeze=2", 2.0, "en.json", 30)
     assert replay == 0.2
-    assert reg == {"lwf": {"weight": 1.5, "temperature": 2.0},
-                   "ewc": {"weight": 100.0, "manifest": "en.json", "batches": 30}}
-    assert _driver().combination("l2sp=3", 2.0, "en.json", 30) == (None, {"l2sp": {"weight": 3.0}})
+    assert transfer == {"regularization": {"lwf": {"weight": 1.5, "temperature": 2.0},
+                                           "ewc": {"weight": 100.0, "manifest": "en.json", "batches": 30}},
+                        "freeze_encoder_blocks": 2}
+    assert _driver().combination("l2sp=3", 2.0, "en.json", 30) == (None, {"regularization": {"l2sp": {"weight": 3.0}}})
+    assert _driver().combination("replay=0.4+freeze=1", 2.0, "en.json", 30) == (0.4, {"freeze_encoder_blocks": 1})
+    with pytest.raises(SystemExit, match="whole number of encoder blocks"):
+        _driver().combination("freeze=1.5", 2.0, "en.json", 30)
     for bad in ("replay=0.2+dropout=1", "lwf=high", "replay"):
         with pytest.raises(SystemExit, match="METHOD=VALUE"):
             _driver().combination(bad, 2.0, "en.json", 30)
