@@ -28,6 +28,7 @@ __all__ = [
     "ddp_find_unused_parameters",
     "decoder_input_width",
     "force_cuda_graphs_mode",
+    "logs_this_step",
     "metric_sync_disabled",
     "optimizer_param_groups",
     "preprocessor_sample_rate",
@@ -167,6 +168,17 @@ def attached_trainer(module: Any) -> Any | None:
     NeMo's ``set_trainer``) attaches the module; the public ``trainer`` property raises without one.
     """
     return getattr(module, "_trainer", None)
+
+
+def logs_this_step(trainer: Any) -> bool:
+    """Whether Lightning sends this training step's logged values to the loggers.
+
+    Lightning's own test (``log_every_n_steps``, a stopping trainer, ``fast_dev_run``), from the private
+    ``Trainer._logger_connector.should_update_logs``; a value worth computing only to be logged is
+    computed on these steps. False for anything that is not a Lightning Trainer.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    return connector is not None and (bool(trainer.fast_dev_run) or connector.should_update_logs)
 
 
 def ddp_find_unused_parameters(strategy: Any) -> bool:

@@ -6,6 +6,8 @@ changes it fails here, by name, instead of somewhere in a model.
 
 from __future__ import annotations
 
+import csv
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -205,6 +207,25 @@ def test_attached_trainer_is_none_until_a_trainer_attaches_the_module():
     trainer = cpu_trainer(1)
     trainer.fit(model)
     assert compat.attached_trainer(model) is trainer
+
+
+def test_logs_this_step_is_true_on_the_steps_lightning_sends_to_the_loggers(tmp_path):
+    """Lightning flushes on the steps whose count (from 1) is a multiple of log_every_n_steps; so does the test."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Logged(_Steps):
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.seen.append(compat.logs_this_step(self.trainer))
+            self.log("step_seen", float(batch_idx), on_step=True)
+
+    model = Logged()
+    logger = CSVLogger(str(tmp_path), name="log", version=0)
+    cpu_trainer(6, logger=logger, log_every_n_steps=3).fit(model)
+    assert model.seen == [False, False, True, False, False, True]
+    with open(tmp_path / "log" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["step_seen"]) for r in rows] == [("2", "2.0"), ("5", "1.0")]  # the 3rd and 6th steps
+    assert not compat.logs_this_step(None) and not compat.logs_this_step(object())
 
 @pytest.mark.parametrize("name", compat.__all__)
 def test_every_name_is_documented(name):

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from nemo_tl.compat import attached_trainer
+from nemo_tl.compat import attached_trainer, logs_this_step
 
 __all__ = ["SKIPPED_CHECKPOINT_KEY", "SKIPPED_LOG_KEY", "RunningStatistics", "SkipNonFiniteStepMixin",
            "describe_nonfinite_audio"]
@@ -149,7 +149,7 @@ class SkipNonFiniteStepMixin:
             self._warn_skipped(loss, batch, trainer)
         else:
             statistics.discard()
-        if trainer is not None and (skip or trainer.global_step % max(1, trainer.log_every_n_steps) == 0):
+        if trainer is not None and (skip or logs_this_step(trainer)):
             self.log(SKIPPED_LOG_KEY, float(self._skipped_nonfinite_steps), on_step=True, on_epoch=False,
                      batch_size=1)
 

@@ -55,6 +55,7 @@ from nemo.collections.asr.models import ASRModel
 from nemo.utils import logging
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nemo_tl.compat import attached_trainer, logs_this_step
 from nemo_tl.config_checks import checked_int, checked_number, checked_section
 from nemo_tl.errors import input_error
 from nemo_tl.losses.kd import token_kd_loss
@@ -783,7 +784,7 @@ class ForgettingRegularizationMixin:
         """
         super().on_train_batch_end(*args, **kwargs)
         reg = self.regularization
-        if not (self._regularization_ready and reg.needs_anchors and self._logs_this_step()):
+        if not (self._regularization_ready and reg.needs_anchors and logs_this_step(attached_trainer(self))):
             return
         anchors = self._forgetting_anchors
         with torch.no_grad():
@@ -794,19 +795,9 @@ class ForgettingRegularizationMixin:
                 fisher = [a.fisher for a in anchors]
                 self.log("ewc_penalty", ewc_penalty(current, values, fisher, reg.ewc.weight), on_step=True)
 
-    def _logs_this_step(self) -> bool:
-        """Whether Lightning sends this training step's logged values to the loggers (its own test)."""
-        from nemo_tl.compat import attached_trainer
-
-        trainer = attached_trainer(self)
-        connector = getattr(trainer, "_logger_connector", None)
-        return connector is not None and (bool(trainer.fast_dev_run) or connector.should_update_logs)
-
     def _gradient_scale(self, optimizer: torch.optim.Optimizer) -> float:
         """The factor the gradients still carry at ``on_before_optimizer_step``: 1, or fp16 AMP's loss scale
         when the optimizer unscales inside its own step (fused Adam: Lightning then skips ``scaler.unscale_``)."""
-        from nemo_tl.compat import attached_trainer
-
         scaler = getattr(getattr(attached_trainer(self), "precision_plugin", None), "scaler", None)
         if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
             return 1.0
