@@ -13,7 +13,8 @@
    target sees as many utterances per step as on its own), LwF, L2-SP and EWC at each weight
    (``model.transfer.regularization``), encoder adapters (``model.transfer.adapters``), the
    ``--combine`` settings (e.g. ``replay=0.2+lwf=1.0``: replay and LwF in one run;
-   ``replay=0.4+freeze=2``: replay with the first 2 encoder blocks frozen); and, free of
+   ``replay=0.2+lwf_source=1.0``: LwF on the replayed source utterances only; ``replay=0.4+freeze=2``:
+   replay with the first 2 encoder blocks frozen); and, free of
    training, weight averaging of the base with the target-only, the first replay, the first LwF and
    every combined run at each ``--average`` λ (``nemo_tl.transfer.average_models``).
 4. Writes ``results.json``, ``results.md`` (source and target dev WER/CER per point, the
@@ -43,7 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = {"utterances": 24, "base_config": "quartznet_tiny", "base_steps": 3, "steps": 2, "batch": 4,
          "replay": "0.5", "added_replay": "0.5", "average": "1.0", "lwf": "", "l2sp": "1.0", "ewc": "", "ewc_batches": 2, "adapter_dim": 4,
-         "combine": "replay=0.5+l2sp=1.0+freeze=1"}
+         "combine": "replay=0.5+l2sp=1.0+freeze=1,replay=0.5+lwf_source=1.0"}
 SEQUENCE_METHODS = ("fine-tuning", "replay")
 
 
@@ -51,13 +52,15 @@ def floats(spec: str) -> list[float]:
     return [float(x) for x in spec.split(",") if x.strip()]
 
 
-COMBINABLE = ("replay", "lwf", "l2sp", "ewc", "freeze")
+COMBINABLE = ("replay", "lwf", "lwf_source", "l2sp", "ewc", "freeze")
 
 
-def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batches: int) -> tuple[float | None, dict]:
+def combination(spec: str, lwf_temperature: float, source_manifest: str, ewc_batches: int) -> tuple[float | None, dict]:
     """``"replay=0.2+lwf=1.0+freeze=2"`` → (replay share or None, ``model.transfer`` keys) of one combined run.
 
-    ``lwf``, ``l2sp``, ``ewc`` go to ``regularization``; ``freeze=K`` is ``freeze_encoder_blocks: K``.
+    ``lwf``, ``l2sp``, ``ewc`` go to ``regularization``; ``lwf_source=W`` is LwF on the replayed source
+    utterances only (``lwf.manifests``: the source's training manifest); ``freeze=K`` is
+    ``freeze_encoder_blocks: K``.
     """
     replay, transfer, seen = None, {}, set()
     for part in (x.strip() for x in spec.split("+") if x.strip()):
@@ -69,8 +72,9 @@ def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batche
         if key not in COMBINABLE or weight is None:
             raise SystemExit(f"--combine {spec!r}: {part!r} is not METHOD=VALUE with METHOD one of "
                              f"{', '.join(COMBINABLE)} (e.g. replay=0.2+lwf=1.0)")
-        if key in seen:
-            raise SystemExit(f"--combine {spec!r}: {key} is given twice; give each method once")
+        if key in seen or (key in ("lwf", "lwf_source") and seen & {"lwf", "lwf_source"}):
+            raise SystemExit(f"--combine {spec!r}: {key} is given twice (lwf and lwf_source are one LwF); "
+                             "give each method once")
         if not (weight >= 0) or math.isinf(weight) or (key == "replay" and not weight < 1):
             raise SystemExit(f"--combine {spec!r}: {part!r} needs a finite weight ≥ 0 (replay: a share in [0, 1))")
         if key == "freeze" and weight != int(weight):
@@ -80,9 +84,14 @@ def combination(spec: str, lwf_temperature: float, ewc_manifest: str, ewc_batche
             replay = weight
         elif key == "freeze":
             transfer["freeze_encoder_blocks"] = int(weight)
+        elif key == "lwf_source":
+            section = regularizer("lwf", weight, lwf_temperature, source_manifest, ewc_batches)
+            transfer.setdefault("regularization", {})["lwf"] = {**section, "manifests": [source_manifest]}
         else:
             transfer.setdefault("regularization", {})[key] = regularizer(
-                key, weight, lwf_temperature, ewc_manifest, ewc_batches)
+                key, weight, lwf_temperature, source_manifest, ewc_batches)
+    if "lwf_source" in seen and not replay:
+        raise SystemExit(f"--combine {spec!r}: lwf_source distils the replayed source utterances; add replay=SHARE")
     return replay, transfer
 
 
@@ -147,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapter-dim", type=int, default=32, help="adapter width (0: no adapter run)")
     p.add_argument("--combine", default="replay=0.2+lwf=0.1",
                    help="combined runs, comma-separated, each METHOD=VALUE joined by + (replay share, lwf, l2sp, "
-                   "ewc weights, freeze: encoder blocks frozen; e.g. replay=0.2+lwf=1.0,replay=0.4+freeze=2); "
+                   "ewc weights, lwf_source: LwF on the replayed source only, freeze: encoder blocks frozen; "
+                   "e.g. replay=0.2+lwf=1.0,replay=0.2+lwf_source=1.0,replay=0.4+freeze=2); "
                    "'' for none")
     p.add_argument("--time-limit", type=float, default=None,
                    help="no fine-tuning run starts after this many seconds (the table lists the runs left out)")

@@ -93,7 +93,7 @@ def test_frontier_table_marks_pareto_points_and_plots(frontier):
     assert [(p["name"], p["batch"], p["steps"]) for p in added] == [("replay 50% en added (batch 8)", 8, 2)]
     assert {p["batch"] for p in points if p["method"] in ("fine-tuning", "replay") and p not in added} == {4}
     combined = [p for p in points if p["method"] == "combined"]
-    assert [p["name"] for p in combined] == ["replay=0.5 + l2sp=1.0 + freeze=1"]
+    assert [p["name"] for p in combined] == ["replay=0.5 + l2sp=1.0 + freeze=1", "replay=0.5 + lwf_source=1.0"]
     assert "average λ=1.00 (replay=0.5 + l2sp=1.0 + freeze=1)" in names  # combined runs are averaged too
     target_only = next(p for p in points if p["name"] == "keep_shared, de only")
     assert combined[0]["trainable"] < target_only["trainable"]  # the first encoder block frozen
@@ -127,6 +127,12 @@ def test_combine_reads_replay_regularizer_weights_and_frozen_blocks():
     assert _driver().combination("replay=0.4+freeze=1", 2.0, "en.json", 30) == (0.4, {"freeze_encoder_blocks": 1})
     with pytest.raises(SystemExit, match="whole number of encoder blocks"):
         _driver().combination("freeze=1.5", 2.0, "en.json", 30)
+    assert _driver().combination("replay=0.2+lwf_source=1", 2.0, "en.json", 30) == (
+        0.2, {"regularization": {"lwf": {"weight": 1.0, "temperature": 2.0, "manifests": ["en.json"]}}})
+    with pytest.raises(SystemExit, match="add replay"):
+        _driver().combination("lwf_source=1", 2.0, "en.json", 30)
+    with pytest.raises(SystemExit, match="given twice"):
+        _driver().combination("replay=0.2+lwf=1+lwf_source=1", 2.0, "en.json", 30)
     for bad in ("replay=0.2+dropout=1", "lwf=high", "replay"):
         with pytest.raises(SystemExit, match="METHOD=VALUE"):
             _driver().combination(bad, 2.0, "en.json", 30)

@@ -269,6 +269,70 @@ def test_lwf_from_the_teacher_cache_matches_the_online_base(base_nemo, de_manife
     torch.testing.assert_close(losses["cached"], losses["online"], rtol=1e-4, atol=1e-4)
 
 
+def _lwf_per_batch(model, de_manifest, en_manifest, tmp_path, steps=4):
+    """Train on German and English mixed one manifest per batch; (manifest of each batch, its lwf_loss)."""
+    import lightning.pytorch as pl
+
+    from tests.helpers import cpu_trainer, data_cfg
+
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            manifests = getattr(batch, "manifest_ids", None)  # carried only where lwf.manifests needs them
+            seen.append((None if manifests is None else set(manifests.tolist()),
+                         float(trainer.callback_metrics["lwf_loss"])))
+
+    trainer = cpu_trainer(steps, callbacks=[Record()], default_root_dir=str(tmp_path))
+    model.set_trainer(trainer)
+    model.setup_training_data({**data_cfg([de_manifest, en_manifest], model.decoder.vocabulary),
+                               "mixing": {"weights": [0.5, 0.5], "per_batch": True, "seed": 0}})
+    trainer.fit(model)
+    return seen
+
+
+def test_lwf_on_named_manifests_distils_only_their_utterances(base_nemo, de_manifest, en_manifest, tmp_path):
+    """Replay with LwF on the source: German batches get no LwF term, English ones the usual one."""
+    torch.manual_seed(0)
+    model = build(base_nemo, {"lwf": {"weight": 1.0, "temperature": 2.0, "manifests": [en_manifest]}})
+    seen = _lwf_per_batch(model, de_manifest, en_manifest, tmp_path / "source")
+    assert {0} in [m for m, _ in seen] and {1} in [m for m, _ in seen]  # German (0) and English (1) batches
+    for manifests, loss in seen:
+        assert (loss > 0) == (manifests == {1}), seen
+    # the same from the base's cached outputs
+    torch.manual_seed(0)
+    cached = build(base_nemo, {"lwf": {"weight": 1.0, "temperature": 2.0, "manifests": [en_manifest],
+                                       "cache": str(tmp_path / "base_cache")}})
+    cached_seen = _lwf_per_batch(cached, de_manifest, en_manifest, tmp_path / "cached")
+    assert [m for m, _ in cached_seen] == [m for m, _ in seen]
+    for (_, loss), (_, online) in zip(cached_seen, seen):
+        assert (loss > 0) == (online > 0)
+    # without lwf.manifests, the German batches are distilled too
+    torch.manual_seed(0)
+    every = build(base_nemo, {"lwf": {"weight": 1.0, "temperature": 2.0}})
+    every_seen = _lwf_per_batch(every, de_manifest, en_manifest, tmp_path / "every")
+    assert all(loss > 0 for _, loss in every_seen)
+
+
+def test_lwf_manifests_must_name_mixed_training_manifests(base_nemo, de_manifest, en_manifest, tmp_path):
+    from tests.helpers import data_cfg
+
+    section = {"lwf": {"weight": 1.0, "manifests": [en_manifest]}}
+    model = build(base_nemo, section)
+    raises_input_error(lambda: model.setup_training_data(data_cfg([de_manifest], model.decoder.vocabulary)),
+                       r"lwf\.manifests", r"not mixed", r"train_ds\.mixing")
+    raises_input_error(model._prepare_regularization, r"lwf\.manifests", r"training loader")  # no train_ds at all
+    other = make_tone_manifest(str(tmp_path), EN_TEXTS[:4], name="other")
+    model = build(base_nemo, {"lwf": {"weight": 1.0, "manifests": [other]}})
+    mixed = {**data_cfg([de_manifest, en_manifest], model.decoder.vocabulary), "mixing": {"weights": [0.5, 0.5]}}
+    raises_input_error(lambda: model.setup_training_data(mixed), r"lwf\.manifests", r"other", r"not one of")
+    for bad in ([], [3], ""):
+        raises_input_error(lambda bad=bad: RegularizationConfig.from_section({"lwf": {"weight": 1.0, "manifests": bad}}),
+                           r"lwf\.manifests", r"list of training manifest paths")
+    parsed = RegularizationConfig.from_section({"lwf": {"weight": 1.0, "manifests": en_manifest}})
+    assert parsed.lwf.manifests == (en_manifest,) and parsed.as_section()["lwf"]["manifests"] == [en_manifest]
+
+
 # ---------------------------------------------------------------------------- EWC's Fisher and its cache
 def test_fisher_is_the_squared_gradient_and_its_cache_is_reused_and_invalidated(base, tmp_path, monkeypatch):
     manifest = make_tone_manifest(str(tmp_path), EN_TEXTS[:4], name="source")

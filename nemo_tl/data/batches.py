@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader
 
-__all__ = ["AudioTextBatch", "LanguageBatch", "utterance_ids", "with_collate"]
+__all__ = ["AudioTextBatch", "LanguageBatch", "NamedCollate", "named_batch", "utterance_ids", "with_collate"]
 
 
 class AudioTextBatch(NamedTuple):
@@ -79,6 +79,28 @@ class LanguageBatch(NamedTuple):
     tokens: torch.Tensor
     token_lens: torch.Tensor
     lang_ids: torch.Tensor
+
+
+def named_batch(collate_fn: Callable[[list[Any]], Any], item: Any, *, mixed: bool) -> AudioTextBatch:
+    """NeMo's ``collate_fn`` on what a loader draws, as an :class:`AudioTextBatch`.
+
+    ``item``: a list of NeMo samples, or, from a mixed loader (``mixed``), the ``(samples,
+    manifest_ids)`` of a :class:`~nemo_tl.data.mixing.MixedDataset`, whose manifest ids the batch then
+    carries.
+    """
+    samples, manifests = item if mixed else (item, None)
+    manifest_ids = None if manifests is None else torch.as_tensor(manifests, dtype=torch.long)
+    return AudioTextBatch.from_nemo(collate_fn(samples), manifest_ids=manifest_ids)
+
+
+class NamedCollate:
+    """A picklable ``collate_fn`` (DataLoader workers) that makes :func:`named_batch` batches."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any], *, mixed: bool) -> None:
+        self.collate_fn, self.mixed = collate_fn, mixed
+
+    def __call__(self, item: Any) -> AudioTextBatch:
+        return named_batch(self.collate_fn, item, mixed=self.mixed)
 
 
 def utterance_ids(batch: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -50,7 +50,7 @@ from nemo.collections.asr.models import ASRModel
 from nemo.collections.asr.parts.preprocessing.perturb import AudioAugmentor
 
 from nemo_tl.config_checks import to_plain
-from nemo_tl.data.batches import AudioTextBatch, with_collate
+from nemo_tl.data.batches import AudioTextBatch, named_batch, with_collate
 from nemo_tl.data.manifest import AUDIO_KEYS, flatten_manifest_filepath, iter_manifest_lines, resolve_audio_path
 from nemo_tl.data.mixing import MixedDataset
 from nemo_tl.distill.teachers import TeacherOutputs, freeze_teacher, has_uncertainty_head, teacher_outputs
@@ -525,9 +525,7 @@ class CachedTeacherCollate:
         self.mixed = mixed
 
     def __call__(self, item: Any) -> AudioTextBatch:
-        samples, manifests = item if self.mixed else (item, None)
-        manifest_ids = None if manifests is None else torch.as_tensor(manifests, dtype=torch.long)
-        batch = AudioTextBatch.from_nemo(self.collate_fn(samples), manifest_ids=manifest_ids)
+        batch = named_batch(self.collate_fn, item, mixed=self.mixed)
         if batch.sample_ids is None:
             raise ValueError("the datasets of a teacher-cache loader must return sample ids (return_sample_id)")
         keys = utterance_keys(self.datasets, batch.sample_ids, batch.manifest_ids)

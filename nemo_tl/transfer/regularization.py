@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from nemo.collections.asr.models import ASRModel
 from nemo.utils import logging
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from nemo_tl.compat import attached_trainer, logs_this_step
 from nemo_tl.config_checks import checked_int, checked_number, checked_section
@@ -102,21 +102,40 @@ def _directory(value: Any, where: str, what: str) -> str | None:
 
 @dataclass(frozen=True)
 class LwFConfig:
-    """``lwf: {weight w, temperature T, cache}``: KD from the frozen base; ``cache`` a teacher-cache directory."""
+    """``lwf: {weight w, temperature T, cache, manifests}``: KD from the frozen base.
+
+    ``cache``: a teacher-cache directory (None: the base runs online). ``manifests``: the training
+    manifests whose utterances LwF distils (None: every utterance); with replay, the source's, so that
+    the base's outputs pull only on the source audio and never on the target's.
+    """
 
     weight: float = 0.0
     temperature: float = 1.0
     cache: str | None = None
+    manifests: tuple[str, ...] | None = None
 
     @classmethod
     def from_section(cls, value: Any, where: str) -> LwFConfig:
-        s = checked_section(value, where, ("weight", "temperature", "cache"), fix="write lwf: {weight: 1.0, temperature: 2.0}")
+        s = checked_section(value, where, ("weight", "temperature", "cache", "manifests"),
+                            fix="write lwf: {weight: 1.0, temperature: 2.0}")
         return cls(
             weight=_weight(s, where),
             temperature=checked_number(s.get("temperature", 1.0), f"{where}.temperature", positive=True, finite=True),
             cache=_directory(s.get("cache"), f"{where}.cache",
                              "a directory for the base model's cached outputs, or null to run it online"),
+            manifests=_manifest_list(s.get("manifests"), f"{where}.manifests"),
         )
+
+
+def _manifest_list(value: Any, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(paths, (list, tuple, ListConfig)) or not paths or not all(isinstance(p, str) and p for p in paths):
+        raise input_error(f"must be a list of training manifest paths or null, got {value!r}", where=where,
+                          fix="list the train_ds manifests whose utterances LwF distils (e.g. [source_train.json]), "
+                          "or null for every utterance")
+    return tuple(paths)
 
 
 @dataclass(frozen=True)
@@ -196,7 +215,8 @@ class RegularizationConfig:
 
     def as_section(self) -> dict:
         return {
-            "lwf": {"weight": self.lwf.weight, "temperature": self.lwf.temperature, "cache": self.lwf.cache},
+            "lwf": {"weight": self.lwf.weight, "temperature": self.lwf.temperature, "cache": self.lwf.cache,
+                    "manifests": None if self.lwf.manifests is None else list(self.lwf.manifests)},
             "l2sp": {"weight": self.l2sp.weight},
             "ewc": {"weight": self.ewc.weight, "manifest": self.ewc.manifest, "batches": self.ewc.batches,
                     "batch_size": self.ewc.batch_size, "cache": self.ewc.cache},
@@ -605,6 +625,37 @@ def run_directory(trainer: Any) -> str:
     return str(getattr(trainer, "log_dir", None) or trainer.default_root_dir)
 
 
+def _lwf_manifest_indices(manifests: Sequence[str], train_ds: Any, loader: Any) -> torch.Tensor:
+    """The indices, among ``train_ds.manifest_filepath``, of the manifests ``lwf.manifests`` names.
+
+    The batches must say which manifest each utterance comes from: the training data is mixed
+    (``train_ds.mixing``), whose loader numbers the manifests in ``manifest_filepath``'s order.
+    """
+    from nemo_tl.data.mixing import MixedDataset, mixed_manifest_paths
+
+    where = f"{WHERE}.lwf.manifests"
+    if not isinstance(loader.dataset, MixedDataset):
+        raise input_error(
+            "LwF on some training manifests only needs batches that say which manifest each utterance comes "
+            "from, but train_ds is not mixed",
+            where=where,
+            fix="list the target and source manifests in train_ds.manifest_filepath with train_ds.mixing "
+            "(e.g. mixing: {weights: [0.8, 0.2]}), or set lwf.manifests: null",
+        )
+    paths = mixed_manifest_paths(train_ds)
+    real = [os.path.realpath(p) for p in paths]
+    indices = []
+    for manifest in manifests:
+        if os.path.realpath(manifest) not in real:
+            raise input_error(
+                f"{manifest} is not one of the training manifests {paths}",
+                where=where,
+                fix="name manifests of train_ds.manifest_filepath (the source data replayed), as written there",
+            )
+        indices.append(real.index(os.path.realpath(manifest)))
+    return torch.tensor(indices, dtype=torch.long)
+
+
 # ---------------------------------------------------------------------------- the model mixin
 class ForgettingRegularizationMixin:
     """Adds ``model.transfer.regularization``'s terms to a transfer model's training.
@@ -625,6 +676,7 @@ class ForgettingRegularizationMixin:
     _regularization_ready: bool = False
     _regularization_config: RegularizationConfig | None = None
     _forgetting_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # LwF: (model columns, base columns)
+    _lwf_manifest_ids: torch.Tensor | None = None  # LwF: the training manifests' indices lwf.manifests names
 
     @property
     def regularization(self) -> RegularizationConfig:
@@ -667,6 +719,14 @@ class ForgettingRegularizationMixin:
         self._regularization_ready = True
         if not reg.active:
             return
+        if reg.lwf.weight > 0 and reg.lwf.manifests is not None and self._lwf_manifest_ids is None:
+            raise input_error(
+                "lwf.manifests needs the model's own training loader, whose batches say which manifest each "
+                "utterance comes from, but the model has none",
+                where=f"{WHERE}.lwf.manifests",
+                fix="give the data as model.train_ds (with mixing) instead of a DataLoader passed to trainer.fit, "
+                "or set lwf.manifests: null",
+            )
         base = self._regularization_base().to(self.device)
         if reg.lwf.weight > 0 and self._lwf_on_joint:
             self._check_rnnt_lwf(base, reg.lwf)
@@ -729,7 +789,8 @@ class ForgettingRegularizationMixin:
         super().on_fit_start()
 
     def setup_training_data(self, train_data_config: DictConfig | dict | None):
-        """NeMo's training data; with ``lwf.cache``, its batches carry the base's cached outputs."""
+        """NeMo's training data; with ``lwf.cache``, its batches carry the base's cached outputs; with
+        ``lwf.manifests``, each utterance's manifest index (a mixed loader's)."""
         lwf = self.regularization.lwf
         cache = lwf.cache if lwf.weight > 0 else None
         if train_data_config is not None and cache:
@@ -737,10 +798,18 @@ class ForgettingRegularizationMixin:
             with open_dict(train_data_config):
                 train_data_config.return_sample_id = True
         super().setup_training_data(train_data_config)
-        if cache and self._train_dl is not None:
+        if self._train_dl is None:
+            return
+        if lwf.weight > 0 and lwf.manifests is not None:
+            self._lwf_manifest_ids = _lwf_manifest_indices(lwf.manifests, train_data_config, self._train_dl)
+        if cache:
             from nemo_tl.distill.cache import cached_teacher_loader
 
             self._train_dl = cached_teacher_loader(self._train_dl, [cache], where=f"{WHERE}.lwf.cache")
+        elif lwf.weight > 0 and lwf.manifests is not None:
+            from nemo_tl.data.batches import NamedCollate, with_collate
+
+            self._train_dl = with_collate(self._train_dl, NamedCollate(self._train_dl.collate_fn.collate_fn, mixed=True))
 
     # -- training
     def training_step(self, batch, batch_nb):
@@ -806,11 +875,14 @@ class ForgettingRegularizationMixin:
     def _lwf_term(self, batch: Any, captured: dict[str, torch.Tensor], lwf: LwFConfig) -> torch.Tensor:
         from nemo_tl.distill.teachers import teacher_outputs
 
+        frames = captured["lengths"]
+        if lwf.manifests is not None:  # the other utterances' terms are 0 (no valid frame); the mean stays over B
+            frames = torch.where(torch.isin(batch.manifest_ids, self._lwf_manifest_ids.to(frames.device)), frames, 0)
         if self._lwf_on_joint:
             base_joint = rnnt_joint_outputs(self._forgetting_base[0], *batch[:4])
             joint = captured["outputs"]
             columns = self._forgetting_rows[0][: joint.shape[-1]]
-            return lwf_lattice_loss(joint, base_joint, captured["lengths"], batch.token_lens, columns, lwf.temperature)
+            return lwf_lattice_loss(joint, base_joint, frames, batch.token_lens, columns, lwf.temperature)
         if batch.teacher is not None:
             base = batch.teacher.on_device(batch.audio.device)[0]
         elif not self._forgetting_base:
@@ -822,5 +894,5 @@ class ForgettingRegularizationMixin:
         else:
             base = teacher_outputs(self._forgetting_base[0], batch.audio, batch.audio_lens)
         rows, base_rows = self._forgetting_rows
-        lengths = torch.minimum(captured["lengths"], base.lengths)
+        lengths = torch.minimum(frames, base.lengths)
         return lwf_loss(captured["outputs"], base.log_probs, lengths, rows, base_rows, lwf.temperature)
