@@ -727,6 +727,8 @@ class ForgettingRegularizationMixin:
                 fix="give the data as model.train_ds (with mixing) instead of a DataLoader passed to trainer.fit, "
                 "or set lwf.manifests: null",
             )
+        if self._lwf_manifest_ids is not None:  # on the device once, not copied from the host every step
+            self._lwf_manifest_ids = self._lwf_manifest_ids.to(self.device)
         base = self._regularization_base().to(self.device)
         if reg.lwf.weight > 0 and self._lwf_on_joint:
             self._check_rnnt_lwf(base, reg.lwf)
