@@ -643,16 +643,17 @@ def _lwf_manifest_indices(manifests: Sequence[str], train_ds: Any, loader: Any) 
             "(e.g. mixing: {weights: [0.8, 0.2]}), or set lwf.manifests: null",
         )
     paths = mixed_manifest_paths(train_ds)
-    real = [os.path.realpath(p) for p in paths]
+    index = {os.path.realpath(p): i for i, p in reversed(list(enumerate(paths)))}  # the first of equal paths
     indices = []
     for manifest in manifests:
-        if os.path.realpath(manifest) not in real:
+        i = index.get(os.path.realpath(manifest))
+        if i is None:
             raise input_error(
                 f"{manifest} is not one of the training manifests {paths}",
                 where=where,
                 fix="name manifests of train_ds.manifest_filepath (the source data replayed), as written there",
             )
-        indices.append(real.index(os.path.realpath(manifest)))
+        indices.append(i)
     return torch.tensor(indices, dtype=torch.long)
 
 
@@ -802,13 +803,14 @@ class ForgettingRegularizationMixin:
         super().setup_training_data(train_data_config)
         if self._train_dl is None:
             return
-        if lwf.weight > 0 and lwf.manifests is not None:
+        some_manifests = lwf.weight > 0 and lwf.manifests is not None
+        if some_manifests:
             self._lwf_manifest_ids = _lwf_manifest_indices(lwf.manifests, train_data_config, self._train_dl)
         if cache:
             from nemo_tl.distill.cache import cached_teacher_loader
 
             self._train_dl = cached_teacher_loader(self._train_dl, [cache], where=f"{WHERE}.lwf.cache")
-        elif lwf.weight > 0 and lwf.manifests is not None:
+        elif some_manifests:
             from nemo_tl.data.batches import NamedCollate, with_collate
 
             self._train_dl = with_collate(self._train_dl, NamedCollate(self._train_dl.collate_fn.collate_fn, mixed=True))
