@@ -73,12 +73,12 @@ def _set_rows(
     """Copy rows ``src`` of ``base_param`` to rows ``dst`` of ``param``; initialize the rows ``new_only``."""
     if base_param.shape[1:] != param.shape[1:]:
         raise ValueError(f"row shapes differ: base {tuple(base_param.shape)}, new {tuple(param.shape)}")
-    param[dst] = base_param[src].to(param.dtype)
+    param[dst] = base_param[src].to(param)  # the base may sit on another device (a model just trained on a GPU)
     if not new_only or new_label_init == "random":
         return
     for i in new_only:
         sources = list((compose_sources or {}).get(i, ())) if new_label_init == "compose" else []
-        param[i] = base_param[sources].mean(0).to(param.dtype) if sources else 0.0
+        param[i] = base_param[sources].mean(0).to(param) if sources else 0.0
 
 
 def _copy_whole(base_module: torch.nn.Module, new_module: torch.nn.Module, skip: set[str]) -> None:
