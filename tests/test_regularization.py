@@ -215,7 +215,7 @@ def test_penalties_are_logged_where_the_loss_is_with_the_value_at_the_step_end(b
 def test_penalty_gradients_are_added_once_per_optimizer_step(base_nemo, de_manifest, tmp_path, monkeypatch):
     calls, batches = [], []
     add = reg.add_penalty_gradients
-    monkeypatch.setattr(reg, "add_penalty_gradients", lambda *a, **k: calls.append(k["fisher"]) or add(*a, **k))
+    monkeypatch.setattr(reg.mixin, "add_penalty_gradients", lambda *a, **k: calls.append(k["fisher"]) or add(*a, **k))
     step = TransferCTCModel.training_step
     monkeypatch.setattr(TransferCTCModel, "training_step", lambda m, b, i: batches.append(i) or step(m, b, i))
     torch.manual_seed(0)
@@ -339,11 +339,11 @@ def test_fisher_is_the_squared_gradient_and_its_cache_is_reused_and_invalidated(
     ewc = EWCConfig(weight=1.0, manifest=manifest, batches=1, batch_size=4)
     calls = []
     compute = reg.empirical_fisher
-    monkeypatch.setattr(reg, "empirical_fisher", lambda *a, **k: calls.append(1) or compute(*a, **k))
+    monkeypatch.setattr(reg.fisher, "empirical_fisher", lambda *a, **k: calls.append(1) or compute(*a, **k))
     directory = str(tmp_path / "run" / reg.FISHER_DIR)
     fisher = fisher_for_run(base, ewc, directory, sample_rate=16000)
 
-    loader = reg._fisher_loader(base, ewc, 16000)
+    loader = reg.fisher._fisher_loader(base, ewc, 16000)
     base.eval()
     loss = training_loss(base, *next(iter(loader))[:4])
     name = "encoder.encoder.1.mconv.0.conv.weight"
