@@ -18,7 +18,7 @@
    training, weight averaging of the base with the target-only, the first replay, the first LwF and
    every combined run at each ``--average`` λ (``nemo_tl.transfer.average_models``).
 4. Writes ``results.json``, ``results.md`` (source and target dev WER/CER per point, the
-   Pareto-optimal points on CER, and issue 19's goal: target CER ≤ 1.05× the target-only run's at
+   Pareto-optimal points on CER, and the goal of docs/forgetting.md: target CER ≤ 1.05× the target-only run's at
    source CER ≤ 1.20× the base's) and ``frontier.png`` (source CER against target CER). Results are
    written after every point, so an interrupted run keeps what it did.
 
@@ -26,6 +26,7 @@
 another (plain fine-tuning, and replay of every language seen), then reports CL-MASR's metrics after
 each step: average CER over the languages seen, backward and forward transfer
 (:mod:`nemo_tl.transfer.frontier`; forward transfer against the base fine-tuned on that language alone).
+It too writes its results after every run and honours ``--time-limit``.
 
 ``--smoke`` shrinks everything for a CPU test of the whole pipeline.
 """
@@ -36,6 +37,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -317,6 +319,14 @@ class Experiment:
     def log(self, what: str) -> None:
         print(f"[{time.time() - self.t0:6.0f} s] {what}", flush=True)
 
+    def too_late(self, name: str) -> bool:
+        """True (and ``name`` listed as not run) once ``--time-limit`` seconds have passed."""
+        limit = self.args.time_limit
+        if limit is None or time.time() - self.t0 <= limit:
+            return False
+        self.results["skipped"].append(f"{name}: not started, --time-limit {limit:g} s had passed")
+        return True
+
     # ------------------------------------------------------------------ mode 1: the frontier
     def run_frontier(self) -> None:
         from nemo_tl.transfer.average import average_models
@@ -364,8 +374,7 @@ class Experiment:
                                 averaged=key == "lwf" and i == 0))
         runs.sort(key=lambda r: r.rank)  # stable: method order within a rank
         for _, name, method, replay, transfer, average, batch in runs:
-            if a.time_limit is not None and time.time() - self.t0 > a.time_limit:
-                self.results["skipped"].append(f"{name}: not started, --time-limit {a.time_limit:g} s had passed")
+            if self.too_late(name):
                 continue
             if transfer and "regularization" in transfer and not _regularization_available():
                 self.results["skipped"].append(f"{name}: model.transfer.regularization is not in this nemo_tl")
@@ -404,35 +413,49 @@ class Experiment:
 
     # ------------------------------------------------------------------ mode 2: a sequence of languages
     def run_sequence(self) -> None:
-        from nemo_tl.transfer.frontier import continual_metrics
-
         langs, share = self.langs, floats(self.args.replay)[0]
         base = self.load_base()
         row0 = self.evaluate(base, langs[:1])
-        sequences = {}
+        sequences: dict[str, list[list[float]]] = {}
+        single: list[float] = []  # R*_k: the base fine-tuned on language k alone
+        self.results["skipped"] = []
         for method in [m.strip() for m in self.args.methods.split(",") if m.strip()]:
             model, errors = base, [[row0[langs[0]]["cer"]]]
+            sequences[method] = errors
             for k, lang in enumerate(langs[1:], start=1):
+                if self.too_late(f"{method}, {lang}"):
+                    break
                 seen = langs[:k]
                 replay = {x: share / len(seen) for x in seen} if method == "replay" else None
                 model = self.finetune(model, lang, replay=replay)
                 res = self.evaluate(model, langs[: k + 1])
                 errors.append([res[x]["cer"] for x in langs[: k + 1]])
                 self.log(f"{method}, after {lang}: CER {errors[-1]}")
-            sequences[method] = errors
-        # R*_k: the base fine-tuned on language k alone; for k = 1 that is plain fine-tuning's first step
-        single = [sequences["fine-tuning"][1][1]] if "fine-tuning" in sequences else []
+                if method == "fine-tuning" and k == 1:
+                    single.append(errors[1][1])  # the first step of plain fine-tuning is the base on it alone
+                self.save_sequence(sequences, single)
         for lang in langs[1 + len(single):]:
+            if self.too_late(f"{lang} alone from the base"):
+                break
             single.append(self.evaluate(self.finetune(base, lang), [lang])[lang]["cer"])
             self.log(f"{lang} alone from the base: CER {single[-1]:.1f}")
-        self.results["sequence"] = {
-            "languages": langs, "single_task_cer": single,
-            "methods": {m: {"errors": e, "metrics": continual_metrics(e, single)} for m, e in sequences.items()},
-        }
-        print(self.save_sequence())
+            self.save_sequence(sequences, single)
+        print(self.save_sequence(sequences, single))
 
-    def save_sequence(self) -> str:
-        md = sequence_table(self.results["sequence"])
+    def save_sequence(self, sequences: dict[str, list[list[float]]], single: list[float]) -> str:
+        """Writes the sequence so far (called after every run, so an interrupted sequence keeps what it did).
+
+        FWT needs the single-language runs of every step a method reached; until then it is left out.
+        """
+        from nemo_tl.transfer.frontier import continual_metrics
+
+        methods = {}
+        for method, errors in sequences.items():
+            steps = len(errors) - 1
+            methods[method] = {"errors": errors,
+                               "metrics": continual_metrics(errors, single[:steps] if len(single) >= steps else None)}
+        self.results["sequence"] = {"languages": self.langs, "single_task_cer": single, "methods": methods}
+        md = sequence_table(self.results["sequence"], self.results["skipped"])
         (self.out / "results.md").write_text(md + "\n", encoding="utf-8")
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1), encoding="utf-8")
         return md
@@ -474,7 +497,7 @@ def frontier_table(results: dict, src: str, tgt: str) -> str:
     return "\n".join(lines + notes)
 
 
-def sequence_table(seq: dict) -> str:
+def sequence_table(seq: dict, skipped: Sequence[str] = ()) -> str:
     langs = seq["languages"]
     lines = [f"| method | after | {' | '.join(f'{x} CER %' for x in langs)} | avg CER % | BWT | FWT |",
              "|---|---|" + "---:|" * (len(langs) + 3)]
@@ -488,6 +511,7 @@ def sequence_table(seq: dict) -> str:
     lines += ["", "BWT: mean over earlier languages of (CER right after learning it − CER now); negative is "
               "forgetting. FWT: CER of the base fine-tuned on that language alone − CER here; positive helps. "
               f"Single-language CERs: {single}."]
+    lines += [f"Not run: {x}." for x in skipped]
     return "\n".join(lines)
 
 

@@ -157,6 +157,40 @@ def test_sequence_mode_reports_cl_masr_metrics(tmp_path, single_thread):
     assert "BWT" in (out / "results.md").read_text(encoding="utf-8")
 
 
+def test_an_interrupted_sequence_keeps_the_steps_it_finished(tmp_path, single_thread, monkeypatch):
+    """The sequence is written after every run: a crash in the second step leaves the first step's row and metrics."""
+    driver = _driver()
+    out = tmp_path / "seq"
+    finetune, calls = driver.Experiment.finetune, []
+
+    def crash_on_the_second(self, *args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return finetune(self, *args, **kwargs)
+
+    monkeypatch.setattr(driver.Experiment, "finetune", crash_on_the_second)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        driver.main(["--smoke", "--out", str(out), "--sequence", "en,de,es", "--methods", "fine-tuning"])
+    seq = json.loads((out / "results.json").read_text(encoding="utf-8"))["sequence"]
+    errors = seq["methods"]["fine-tuning"]["errors"]
+    assert [len(row) for row in errors] == [1, 2]  # the base, then after German
+    assert seq["single_task_cer"] == [errors[1][1]]
+    assert seq["methods"]["fine-tuning"]["metrics"][1]["fwt"] == 0.0  # German alone is that same run
+    assert "| fine-tuning | de |" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_a_sequence_past_its_time_limit_lists_the_runs_left_out(tmp_path, single_thread):
+    out = tmp_path / "seq"
+    assert _driver().main(["--smoke", "--out", str(out), "--sequence", "en,de,es", "--methods", "fine-tuning",
+                           "--time-limit", "0"]) == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [len(row) for row in results["sequence"]["methods"]["fine-tuning"]["errors"]] == [1]
+    assert results["skipped"] == ["fine-tuning, de: not started, --time-limit 0 s had passed",
+                                  "de alone from the base: not started, --time-limit 0 s had passed"]
+    assert "Not run: fine-tuning, de: not started" in (out / "results.md").read_text(encoding="utf-8")
+
+
 def test_time_limit_leaves_out_runs_and_lists_them(frontier, tmp_path, single_thread):
     """--time-limit: no fine-tuning starts once it has passed; the runs left out are named in the table."""
     out, _ = frontier
