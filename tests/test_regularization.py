@@ -269,8 +269,9 @@ def test_lwf_from_the_teacher_cache_matches_the_online_base(base_nemo, de_manife
     torch.testing.assert_close(losses["cached"], losses["online"], rtol=1e-4, atol=1e-4)
 
 
-def _lwf_per_batch(model, de_manifest, en_manifest, tmp_path, steps=4):
-    """Train on German and English mixed one manifest per batch; (manifest of each batch, its lwf_loss)."""
+def _lwf_per_batch(model, de_manifest, en_manifest, tmp_path, steps=4, per_batch=True, labels=None):
+    """Train on German and English mixed (one manifest per batch, or both in each); (manifests of each batch, its
+    lwf_loss)."""
     import lightning.pytorch as pl
 
     from tests.helpers import cpu_trainer, data_cfg
@@ -285,10 +286,34 @@ def _lwf_per_batch(model, de_manifest, en_manifest, tmp_path, steps=4):
 
     trainer = cpu_trainer(steps, callbacks=[Record()], default_root_dir=str(tmp_path))
     model.set_trainer(trainer)
-    model.setup_training_data({**data_cfg([de_manifest, en_manifest], model.decoder.vocabulary),
-                               "mixing": {"weights": [0.5, 0.5], "per_batch": True, "seed": 0}})
+    model.setup_training_data({**data_cfg([de_manifest, en_manifest], labels or model.decoder.vocabulary),
+                               "mixing": {"weights": [0.5, 0.5], "per_batch": per_batch, "seed": 0}})
     trainer.fit(model)
     return seen
+
+
+def test_online_lwf_on_named_manifests_runs_the_base_on_their_utterances_only(base_nemo, de_manifest, en_manifest,
+                                                                              tmp_path, monkeypatch):
+    """In a batch of both languages the online base sees the English utterances alone, and the term equals the
+    cached base's, which covers every utterance and masks the German ones."""
+    from nemo_tl.distill import teachers
+
+    sizes, outputs = [], teachers.teacher_outputs
+    monkeypatch.setattr(teachers, "teacher_outputs", lambda m, audio, lens: sizes.append(len(audio)) or outputs(m, audio, lens))
+    losses = {}
+    for name, cache in (("online", None), ("cached", str(tmp_path / "base_cache"))):
+        torch.manual_seed(0)
+        model = build(base_nemo, {"lwf": {"weight": 1.0, "temperature": 2.0, "manifests": [en_manifest],
+                                          "cache": cache}})
+        seen = _lwf_per_batch(model, de_manifest, en_manifest, tmp_path / name, steps=1, per_batch=False)
+        assert seen[0][0] == {0, 1}, seen  # German and English in the one batch
+        losses[name] = seen[0][1]
+        if cache is None:
+            batch = next(iter(model._train_dl))
+            english = int((batch.manifest_ids == 1).sum())
+            assert sizes == [english] and 0 < english < len(batch.audio), (sizes, english)
+    assert losses["online"] > 0
+    assert losses["online"] == pytest.approx(losses["cached"], rel=1e-4)
 
 
 def test_lwf_on_named_manifests_distils_only_their_utterances(base_nemo, de_manifest, en_manifest, tmp_path):
@@ -449,16 +474,24 @@ def test_lwf_on_rnnt_needs_the_base_vocabulary_and_trains_with_it(tmp_path, en_m
 
     path = build_base(EncDecRNNTModel, str(tmp_path / "rnnt.nemo"), labels=EN_LABELS)
 
-    def make(labels, vocabulary):
+    def make(labels, vocabulary, manifests=None):
         cfg = model_config("rnnt", labels=labels)
         cfg.transfer = {"base_model": path, "vocabulary": vocabulary,
-                        "regularization": {"lwf": {"weight": 1.0, "temperature": 2.0}}}
+                        "regularization": {"lwf": {"weight": 1.0, "temperature": 2.0, "manifests": manifests}}}
         return TransferRNNTModel(cfg=cfg)
 
     raises_input_error(make(DE_LABELS, "keep_shared")._prepare_regularization, r"lwf\.weight", r"vocabulary")
     model = make(EN_LABELS, "same")
     trainer = fit_steps(model, en_manifest, steps=1, default_root_dir=str(tmp_path))
     assert torch.isfinite(trainer.callback_metrics["lwf_loss"])
+    # on one of two training manifests only: the base's lattice on those utterances alone, 0 on the others
+    replayed = make_tone_manifest(str(tmp_path), EN_TEXTS[:8], name="replayed")
+    model = make(EN_LABELS, "same", manifests=[replayed])
+    torch.manual_seed(0)
+    seen = _lwf_per_batch(model, en_manifest, replayed, tmp_path / "named", labels=EN_LABELS)
+    assert {0} in [m for m, _ in seen] and {1} in [m for m, _ in seen]
+    for manifests, loss in seen:
+        assert (loss > 0) == (manifests == {1}), seen
 
 
 def test_from_base_takes_regularization_for_a_subword_model(tmp_path, en_manifest):
