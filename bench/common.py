@@ -170,7 +170,7 @@ def attach_step_trainer(model: Any, log_every_n_steps: int = 10**9) -> None:
     computed every ``log_every_n_steps``; here never, on every side alike); ``self.log`` becomes a
     no-op on every side alike.
     """
-    model.trainer = types.SimpleNamespace(global_step=0, log_every_n_steps=log_every_n_steps, world_size=1)
+    model.trainer = types.SimpleNamespace(global_step=0, log_every_n_steps=log_every_n_steps, world_size=1, global_rank=0)
     model.log = lambda *a, **k: None
     model.log_dict = lambda *a, **k: None
 

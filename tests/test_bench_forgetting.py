@@ -23,5 +23,5 @@ def test_smoke_run_measures_every_variant(tmp_path):
     data = json.loads(out.read_text(encoding="utf-8"))
     assert not data["errors"]
     ratios = data["sections"]["step_time"]["fp32"]["ratios"]
-    assert set(ratios) == {"plain", "LwF online", "LwF cached", "L2-SP", "EWC"}
+    assert set(ratios) == {"plain", "LwF online", "LwF cached", "LwF online, 20% named", "L2-SP", "EWC"}
     assert all(r > 0 for r in ratios.values())
