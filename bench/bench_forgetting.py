@@ -73,7 +73,10 @@ def build(args, workdir: str):
     base_path = os.path.join(workdir, "base.nemo")
     base.save_to(base_path)
     manifest = make_tone_manifest(workdir, ["one two", "three four", "five six", "seven eight"], name="source")
-    replayed = make_tone_manifest(workdir, ["one two", "three four"], name="replayed")
+    # the mixed training data of the named-manifests variant: long enough for the config's SpecCutout
+    sentences = ["one two three four five six seven eight nine", "ten eleven twelve thirteen fourteen fifteen"]
+    target = make_tone_manifest(workdir, sentences, name="target")
+    replayed = make_tone_manifest(workdir, sentences, name="replayed", seed=2)
     models, optimizers = {}, {}
     for name, section in SECTIONS.items():
         if section is not None and "ewc" in section:
@@ -85,7 +88,7 @@ def build(args, workdir: str):
         attach_step_trainer(model)
         model.trainer.default_root_dir = workdir  # where EWC caches its Fisher
         if name == "LwF online, 20% named":  # replay: the target data and the replayed source, mixed
-            model.setup_training_data({"manifest_filepath": [manifest, replayed], "sample_rate": 16000,
+            model.setup_training_data({"manifest_filepath": [target, replayed], "sample_rate": 16000,
                                        "labels": list(model.decoder.vocabulary), "batch_size": 2,
                                        "mixing": {"weights": [0.8, 0.2]}})
         model._prepare_regularization()  # what on_fit_start does: load the base, anchors, Fisher
