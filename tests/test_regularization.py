@@ -292,14 +292,9 @@ def _lwf_per_batch(model, de_manifest, en_manifest, tmp_path, steps=4, per_batch
     return seen
 
 
-def test_online_lwf_on_named_manifests_runs_the_base_on_their_utterances_only(base_nemo, de_manifest, en_manifest,
-                                                                              tmp_path, monkeypatch):
-    """In a batch of both languages the online base sees the English utterances alone, and the term equals the
-    cached base's, which covers every utterance and masks the German ones."""
-    from nemo_tl.distill import teachers
-
-    sizes, outputs = [], teachers.teacher_outputs
-    monkeypatch.setattr(teachers, "teacher_outputs", lambda m, audio, lens: sizes.append(len(audio)) or outputs(m, audio, lens))
+def test_lwf_on_named_manifests_within_mixed_batches_is_the_same_online_and_cached(base_nemo, de_manifest,
+                                                                                     en_manifest, tmp_path):
+    """In a batch of both languages, only the English utterances are distilled: online and cached agree."""
     losses = {}
     for name, cache in (("online", None), ("cached", str(tmp_path / "base_cache"))):
         torch.manual_seed(0)
@@ -308,10 +303,6 @@ def test_online_lwf_on_named_manifests_runs_the_base_on_their_utterances_only(ba
         seen = _lwf_per_batch(model, de_manifest, en_manifest, tmp_path / name, steps=1, per_batch=False)
         assert seen[0][0] == {0, 1}, seen  # German and English in the one batch
         losses[name] = seen[0][1]
-        if cache is None:
-            batch = next(iter(model._train_dl))
-            english = int((batch.manifest_ids == 1).sum())
-            assert sizes == [english] and 0 < english < len(batch.audio), (sizes, english)
     assert losses["online"] > 0
     assert losses["online"] == pytest.approx(losses["cached"], rel=1e-4)
 

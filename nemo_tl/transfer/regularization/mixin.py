@@ -296,23 +296,14 @@ class ForgettingRegularizationMixin:
     def _lwf_term(self, batch: Any, captured: dict[str, torch.Tensor], lwf: LwFConfig) -> torch.Tensor:
         from nemo_tl.distill.teachers import teacher_outputs
 
-        frames, outputs, share = captured["lengths"], captured["outputs"], 1.0
-        if lwf.manifests is not None:  # the other utterances' terms are 0; the mean stays over the whole batch
-            keep = torch.isin(batch.manifest_ids, self._lwf_manifest_ids.to(batch.manifest_ids.device))
-            if batch.teacher is not None:  # cached base outputs cover every utterance: mask the others
-                frames = torch.where(keep.to(frames.device), frames, 0)
-            else:  # online: the base runs on the distilled utterances only (one host sync for their indices)
-                picked = keep.nonzero().squeeze(1)
-                if picked.numel() == 0:
-                    return outputs.new_zeros(())
-                share = picked.numel() / keep.numel()
-                batch = AudioTextBatch(*(t.index_select(0, picked.to(t.device)) for t in batch.nemo))
-                picked = picked.to(outputs.device)
-                frames, outputs = frames.index_select(0, picked), outputs.index_select(0, picked)
+        frames = captured["lengths"]
+        if lwf.manifests is not None:  # the other utterances' terms are 0 (no valid frame); the mean stays over B
+            frames = torch.where(torch.isin(batch.manifest_ids, self._lwf_manifest_ids.to(frames.device)), frames, 0)
         if self._lwf_on_joint:
             base_joint = rnnt_joint_outputs(self._forgetting_base[0], *batch.nemo)
-            columns = self._forgetting_rows[0][: outputs.shape[-1]]
-            return share * lwf_lattice_loss(outputs, base_joint, frames, batch.token_lens, columns, lwf.temperature)
+            joint = captured["outputs"]
+            columns = self._forgetting_rows[0][: joint.shape[-1]]
+            return lwf_lattice_loss(joint, base_joint, frames, batch.token_lens, columns, lwf.temperature)
         if batch.teacher is not None:
             base = batch.teacher.on_device(batch.audio.device)[0]
         elif not self._forgetting_base:
@@ -325,4 +316,4 @@ class ForgettingRegularizationMixin:
             base = teacher_outputs(self._forgetting_base[0], batch.audio, batch.audio_lens)
         rows, base_rows = self._forgetting_rows
         lengths = torch.minimum(frames, base.lengths)
-        return share * lwf_loss(outputs, base.log_probs, lengths, rows, base_rows, lwf.temperature)
+        return lwf_loss(captured["outputs"], base.log_probs, lengths, rows, base_rows, lwf.temperature)
