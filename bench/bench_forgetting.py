@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
                 r = measure(variants, args.device, warmup=args.warmup, steps=args.steps)
                 plain = r["plain"]["median_ms"]
                 forward_share = r["base forward"]["median_ms"] / plain
-                goals = {**GOALS, "LwF online": 1.0 + forward_share + 0.05,
-                         "LwF online, 20% named": 1.0 + forward_share + 0.05}
+                online = 1.0 + forward_share + 0.05  # the base runs on the whole batch in both
+                goals = {**GOALS, "LwF online": online, "LwF online, 20% named": online}
                 out[precision] = {"by_variant": r, "goals": goals,
                                   "ratios": {n: r[n]["median_ms"] / plain for n in models}}
                 results.add("step_time", out)

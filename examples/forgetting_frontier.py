@@ -210,7 +210,7 @@ class Experiment:
         from nemo_tl.utils.environment import environment
 
         self.results: dict = {"args": vars(args), "device": _device_name(), "languages": langs,
-                              "environment": environment()}
+                              "environment": environment(), "skipped": []}  # runs left out, by too_late
         if not args.manifests:  # a synthesized corpus: runs on different machines compare theirs by it
             from nemo_tl.data.synth_corpus import recorded_audio_sha256
 
@@ -334,7 +334,7 @@ class Experiment:
         a, src, tgt = self.args, self.langs[0], self.langs[1]
         base = self.load_base()
         points: list[dict] = []
-        self.results.update(points=points, skipped=[])
+        self.results["points"] = points
 
         def add(name: str, method: str, model, steps: int, trainable: int | None, extra: dict | None = None):
             points.append({"name": name, "method": method, "steps": steps, "trainable": trainable,
@@ -418,7 +418,6 @@ class Experiment:
         row0 = self.evaluate(base, langs[:1])
         sequences: dict[str, list[list[float]]] = {}
         single: list[float] = []  # R*_k: the base fine-tuned on language k alone
-        self.results["skipped"] = []
         for method in [m.strip() for m in self.args.methods.split(",") if m.strip()]:
             model, errors = base, [[row0[langs[0]]["cer"]]]
             sequences[method] = errors
